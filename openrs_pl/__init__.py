@@ -1,0 +1,1 @@
+"""openrs-pl: a PyTorch Lightning GRPO trainer for the Open-RS recipe."""

@@ -1,0 +1,1 @@
+"""Problem data: bundled benchmarks and training set, prompt building, the DataModule."""

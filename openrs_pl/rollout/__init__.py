@@ -1,0 +1,1 @@
+"""Rollouts: generation engines, the typed rollout batch and the callback that drives them."""
