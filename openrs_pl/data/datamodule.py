@@ -1,0 +1,181 @@
+"""``ProblemDataModule``: chat-formatted, tokenized prompts served in seeded, rank-disjoint batches."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, DistributedSampler
+
+from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT, build_chat_prompt
+from openrs_pl.data.sources import ColumnMap, OnBadRow, load_problems_with_stats, log_rank_zero
+
+OverlongPrompts = Literal["drop", "truncate"]
+Batch = dict[str, list[Any]]
+
+
+def fit_prompt_length(
+    prompt_ids: list[list[int]], max_length: int, overlong: OverlongPrompts
+) -> tuple[list[list[int] | None], int]:
+    """Apply the prompt-length limit: overlong prompts become ``None`` (drop) or keep their last tokens (truncate).
+
+    Left truncation keeps the end of the prompt, i.e. the question's tail and the generation prompt, as the
+    recipe's trainer did (``prompt_ids[:, -max_prompt_length:]``).
+
+    Returns:
+        The fitted ids (same order; ``None`` marks a dropped prompt) and the number of overlong prompts.
+
+    >>> fit_prompt_length([[1, 2, 3], [4]], 2, "truncate")
+    ([[2, 3], [4]], 1)
+    >>> fit_prompt_length([[1, 2, 3], [4]], 2, "drop")
+    ([None, [4]], 1)
+    """
+    fitted: list[list[int] | None] = []
+    for ids in prompt_ids:
+        if len(ids) <= max_length:
+            fitted.append(ids)
+        else:
+            fitted.append(ids[-max_length:] if overlong == "truncate" else None)
+    return fitted, sum(len(ids) > max_length for ids in prompt_ids)
+
+
+def collate_rows(rows: list[dict[str, Any]]) -> Batch:
+    """Turn a list of row dicts into a dict of lists (Python objects, no tensors: prompts have ragged lengths).
+
+    >>> collate_rows([{"prompt_ids": [1, 2], "answer": "3"}, {"prompt_ids": [4], "answer": "5"}])
+    {'prompt_ids': [[1, 2], [4]], 'answer': ['3', '5']}
+    """
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    return {key: [row.get(key) for row in rows] for key in keys}
+
+
+class ProblemDataModule(LightningDataModule):
+    """Serves math problems as chat prompts for GRPO rollouts, ``prompts_per_step`` prompts per rank and step.
+
+    Args:
+        source: ``"bundled:open_rs"``, a local file/folder, or a Hugging Face dataset id (see ``load_problems``).
+        split: Split of a hub dataset.
+        columns: Source column names (default ``problem``/``answer``/``solution``/``level``).
+        system_prompt: System turn put before each problem; ``None`` for none. Defaults to Open-RS's.
+        max_prompt_length: Longest prompt in tokens (512 in the recipe).
+        overlong_prompts: ``"drop"`` overlong prompts or ``"truncate"`` them from the left; either way counted
+            and logged.
+        on_bad_row: ``"error"`` or ``"skip"`` rows with a missing/empty/non-string problem or answer.
+        dedupe: Drop repeated problems (default ``False``: the recipe trained on the data as it is).
+        prompts_per_step: Prompts per batch on each rank.
+        tokenizer: Path or hub id for ``AutoTokenizer``; the CLI links it from the model, so it may be set after
+            construction, before ``setup``.
+        seed: Seed of the shuffling (the same seed gives the same order; each epoch reshuffles).
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        source: str = "knoveleng/open-rs",
+        split: str = "train",
+        columns: ColumnMap | None = None,
+        system_prompt: str | None = OPENRS_SYSTEM_PROMPT,
+        max_prompt_length: int = 512,
+        overlong_prompts: OverlongPrompts = "drop",
+        on_bad_row: OnBadRow = "error",
+        dedupe: bool = False,
+        prompts_per_step: int = 4,
+        tokenizer: str | None = None,
+        seed: int = 42,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if max_prompt_length < 1 or prompts_per_step < 1:
+            raise ValueError(
+                f"max_prompt_length and prompts_per_step must be >= 1, got {max_prompt_length}, {prompts_per_step}"
+            )
+        if overlong_prompts not in ("drop", "truncate"):
+            raise ValueError(f"overlong_prompts must be 'drop' or 'truncate', got {overlong_prompts!r}")
+        self.source = source
+        self.split = split
+        self.columns = columns or ColumnMap()
+        self.system_prompt = system_prompt
+        self.max_prompt_length = max_prompt_length
+        self.overlong_prompts = overlong_prompts
+        self.on_bad_row = on_bad_row
+        self.dedupe = dedupe
+        self.prompts_per_step = prompts_per_step
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.num_workers = num_workers
+        self.rows: list[dict[str, Any]] = []
+        self.stats: dict[str, int] = {}
+
+    @property
+    def num_prompts(self) -> int:
+        """Prompts left after checks, dedupe and the length limit (0 before ``setup``)."""
+        return len(self.rows)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load and check the problems, build and tokenize the prompts, apply the length limit (once)."""
+        if self.rows:
+            return
+        if self.tokenizer is None:
+            raise ValueError("ProblemDataModule needs a tokenizer (a path or id for AutoTokenizer) before setup()")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+        problems, load_stats = load_problems_with_stats(
+            self.source, self.split, self.columns, self.on_bad_row, self.dedupe
+        )
+        prompts = [build_chat_prompt(tokenizer, row["problem"], self.system_prompt) for row in problems]
+        # The chat template already starts with BOS: adding special tokens here would put a second one in front.
+        prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        fitted, overlong = fit_prompt_length(prompt_ids, self.max_prompt_length, self.overlong_prompts)
+        self.rows = [
+            # A truncated prompt's text is re-decoded so that "prompt" and "prompt_ids" always agree.
+            {**row, "prompt": text if len(ids) == len(full) else tokenizer.decode(ids), "prompt_ids": ids}
+            for row, text, full, ids in zip(problems, prompts, prompt_ids, fitted, strict=True)
+            if ids is not None
+        ]
+        dropping = self.overlong_prompts == "drop"
+        self.stats = {
+            "loaded": load_stats.loaded,
+            "skipped_bad_rows": load_stats.skipped_bad_rows,
+            "duplicates": load_stats.duplicates,
+            "dropped_overlong": overlong if dropping else 0,
+            "truncated_overlong": 0 if dropping else overlong,
+        }
+        if overlong:
+            action = "dropped" if dropping else "left-truncated"
+            log_rank_zero(
+                f"{self.source}: {action} {overlong} of {len(problems)} prompts longer than "
+                f"{self.max_prompt_length} tokens (overlong_prompts={self.overlong_prompts!r})",
+                logging.WARNING,
+            )
+        if not self.rows:
+            raise ValueError(f"{self.source}: every prompt is longer than max_prompt_length={self.max_prompt_length}")
+        log_rank_zero(f"{self.source}: {self.num_prompts} prompts ready; {self.stats}")
+
+    def train_dataloader(self) -> DataLoader:
+        """Batches for this process's rank, from the attached trainer (rank 0 of 1 without one)."""
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return self.dataloader_for_rank(rank, world_size)
+
+    def dataloader_for_rank(self, rank: int, world_size: int) -> DataLoader:
+        """Batches of rank ``rank`` out of ``world_size``: a seeded shard disjoint from every other rank's.
+
+        The sampler is a ``DistributedSampler`` even for one process, so Lightning does not replace it, and
+        ``set_epoch`` (which Lightning calls every epoch) reshuffles. ``drop_last`` on both the sampler and the
+        loader keeps every rank at the same number of full steps.
+        """
+        if not self.rows:
+            raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = DistributedSampler(
+            self.rows, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        return DataLoader(
+            self.rows,  # type: ignore[arg-type]  # a list is a map-style dataset
+            batch_size=self.prompts_per_step,
+            sampler=sampler,
+            drop_last=True,
+            collate_fn=collate_rows,
+            num_workers=self.num_workers,
+        )

@@ -1,0 +1,278 @@
+"""The GRPO LightningModule: policy, frozen reference, reward set and the loss, orchestrated.
+
+One ``training_step`` consumes one generation batch (the rank's ``prompts_per_step`` prompts x G completions,
+put into ``batch["rollout"]`` by :class:`~openrs_pl.rollout.callback.RolloutCallback`), cuts it into
+micro-batches of ``grpo.micro_batch_size`` completions, and takes ``grpo.num_iterations`` optimizer steps on it
+(manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step). All math is
+in :mod:`openrs_pl.grpo.loss`; this class only wires models, data and logging together.
+
+Logged metrics (``train/`` prefix; names are stable):
+``loss``, ``policy_loss``, ``kl``, ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``,
+``reward``, ``reward_std``, ``rewards/<name>/mean``, ``rewards/<name>/std``, ``frac_reward_zero_std``,
+``completions/mean_length``, ``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio``
+(fraction truncated at the length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine
+reports log-probs), ``time/generation``, ``time/sync``.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import nullcontext
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
+from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, truncated_is_weights
+from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
+from openrs_pl.rollout.types import RolloutBatch
+
+log = logging.getLogger("openrs_pl.grpo")
+
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class GRPOModule(L.LightningModule):
+    """GRPO fine-tuning of a causal LM.
+
+    Args:
+        model: HF path or hub id of the policy (the reference model starts from the same weights).
+        rewards: reward functions with weights (recipe: format 1.0 + accuracy or cosine 2.0).
+        grpo: the objective and batch layout.
+        generation: sampling settings shared by the rollout engine and the log-prob computation.
+        optim: optimizer and learning-rate schedule.
+        gradient_checkpointing: recompute activations in backward to save memory (recipe: on).
+        torch_dtype: dtype the weights are loaded in (recipe: bfloat16).
+        attn_implementation: e.g. "flash_attention_2" on GPU (recipe); None = transformers' default.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        rewards: list[RewardSpec],
+        grpo: GRPOConfig | None = None,
+        generation: GenerationConfig | None = None,
+        optim: OptimConfig | None = None,
+        gradient_checkpointing: bool = False,
+        torch_dtype: DType = "auto",
+        attn_implementation: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.grpo = grpo or GRPOConfig()
+        self.generation = generation or GenerationConfig()
+        self.optim = optim or OptimConfig()
+        # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
+        if not rewards:
+            raise ValueError("model.rewards is empty: GRPO needs at least one reward function")
+        validate_reward_specs(rewards)
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.model_name = model
+        _check_model_source(model)
+        self.reward_set = RewardSet(rewards)
+        self.tokenizer = AutoTokenizer.from_pretrained(model)
+        self.policy = _load_causal_lm(model, torch_dtype, attn_implementation)
+        if gradient_checkpointing:
+            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.policy.config.use_cache = False
+        # A plain list keeps the reference out of the module tree: it is never trained, never in state_dict()
+        # (so not checkpointed twice) and never wrapped by the strategy.
+        self._reference: list[nn.Module] = []
+        if self.grpo.beta > 0:
+            ref = _load_causal_lm(model, torch_dtype, attn_implementation).eval().requires_grad_(False)
+            self._reference.append(ref)
+
+    @property
+    def reference(self) -> nn.Module | None:
+        return self._reference[0] if self._reference else None
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is not None and hasattr(datamodule, "prompts_per_step"):
+            self.grpo.check_batch(datamodule.prompts_per_step)
+
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device)
+
+    # ----------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        rollout: RolloutBatch | None = batch.get("rollout")
+        if rollout is None:
+            raise RuntimeError("batch has no 'rollout': add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
+        rollout = self._score_logprobs(rollout.to(self.device))
+        num_active_tokens = self._global_active_tokens(rollout)
+        losses = []
+        for _ in range(self.grpo.num_iterations):
+            losses.append(self._optimizer_step(rollout, num_active_tokens))
+        self._log_rollout(rollout)
+        return torch.stack(losses).mean()
+
+    @torch.no_grad()
+    def _score_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
+        """Add the frozen reference's log-probs, and the pre-update policy's when they are needed."""
+        ref = self._logprobs(self.reference, rollout) if self.reference is not None else None
+        # With one on-policy pass the old policy *is* the current one: the loss uses logp.detach() instead.
+        needs_old = self.grpo.num_iterations > 1 or self.grpo.tis_cap is not None
+        old = self._logprobs(self.policy, rollout) if needs_old else None
+        return replace(rollout, ref_logprobs=ref, old_logprobs=old)
+
+    def _logprobs(self, model: nn.Module, rollout: RolloutBatch) -> Tensor:
+        input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
+        attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
+        return completion_logprobs(
+            model,
+            input_ids,
+            attention_mask,
+            completion_len=rollout.completion_ids.shape[1],
+            temperature=self.generation.temperature,
+            chunk_size=self.grpo.logprob_chunk_size,
+        )  # [N, L]
+
+    def _global_active_tokens(self, rollout: RolloutBatch) -> float:
+        """Valid completion tokens of the whole optimizer step across ranks, divided by world size (dapo)."""
+        mask = rollout.completion_mask.bool()  # [N, L]
+        if self.grpo.mask_truncated_completions:
+            mask = mask & ~rollout.truncated[:, None]
+        tokens = mask.sum().float()
+        total = self.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
+        return float(total) / self.trainer.world_size
+
+    def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float) -> Tensor:
+        opt = self.optimizers()
+        micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
+        # bnpo/grpo/dr_grpo normalise per micro-batch, so accumulation averages them; dapo's constant
+        # denominator already spans the whole step.
+        scale = 1.0 if self.grpo.loss_type == "dapo" else 1.0 / len(micro_batches)
+        totals: dict[str, Tensor] = {}
+        for i, mb in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            with nullcontext() if last else _no_backward_sync(self):
+                out = self._micro_batch_loss(mb, num_active_tokens)
+                self.manual_backward(out.loss * scale)
+            for name, value in out._asdict().items():
+                totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
+        grad_norm = self._clip_gradients(opt)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.lr_schedulers().step()
+        metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
+        metrics |= {"train/clip_ratio/low": totals["clip_ratio_low"], "train/clip_ratio/high": totals["clip_ratio_high"]}
+        metrics |= {"train/lr": torch.tensor(opt.param_groups[0]["lr"])}
+        if grad_norm is not None:
+            metrics["train/grad_norm"] = grad_norm
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+        self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return totals["loss"]
+
+    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float) -> Any:
+        logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
+        is_weights = None
+        if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None:
+            is_weights = truncated_is_weights(mb.old_logprobs, mb.sampler_logprobs, cap=self.grpo.tis_cap)
+        return grpo_loss(
+            logprobs,
+            mb.old_logprobs,
+            mb.ref_logprobs,
+            mb.advantages,
+            mb.completion_mask,
+            loss_type=self.grpo.loss_type,
+            beta=self.grpo.beta,
+            epsilon=self.grpo.epsilon,
+            epsilon_high=self.grpo.epsilon_high,
+            max_completion_length=self.generation.max_completion_length,
+            num_active_tokens=num_active_tokens,
+            truncated=mb.truncated,
+            mask_truncated_completions=self.grpo.mask_truncated_completions,
+            is_weights=is_weights,
+        )
+
+    def _clip_gradients(self, opt: Any) -> Tensor | None:
+        if self.optim.max_grad_norm is None:
+            return None
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        return norm
+
+    def _log_rollout(self, rollout: RolloutBatch) -> None:
+        lengths = rollout.completion_mask.sum(dim=1).float()  # [N]
+        metrics = {
+            "train/completions/mean_length": lengths.mean(),
+            "train/completions/min_length": lengths.min(),
+            "train/completions/max_length": lengths.max(),
+            "train/completions/clipped_ratio": rollout.truncated.float().mean(),
+        }
+        if rollout.sampler_logprobs is not None and rollout.old_logprobs is not None:
+            mask = rollout.completion_mask.bool()
+            diff = (rollout.sampler_logprobs - rollout.old_logprobs).abs()[mask]  # [valid tokens]
+            metrics["train/sampler_logprob_diff"] = diff.mean()
+        self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+
+    # ------------------------------------------------------------------------------------------- optimisers
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+        )
+        total = self._total_optimizer_steps()
+        scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+            optimizer, num_warmup_steps=round(o.warmup_ratio * total), num_training_steps=total, min_lr_rate=o.min_lr_rate
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _total_optimizer_steps(self) -> int:
+        if self.trainer.max_steps > 0:
+            return self.trainer.max_steps
+        return int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
+
+    # -------------------------------------------------------------------------------------------- exporting
+    def export_hf(self, out_dir: str | Path) -> Path:
+        """Save the policy and tokenizer as a plain HF folder (loadable by transformers and vLLM)."""
+        out = Path(out_dir)
+        self.policy.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        return out
+
+    def config_summary(self) -> dict[str, Any]:
+        return {"grpo": asdict(self.grpo), "generation": asdict(self.generation), "optim": asdict(self.optim)}
+
+
+def _check_model_source(model: str) -> None:
+    """Reject a local-looking path that does not exist before anything is downloaded or loaded."""
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).suffix != ""
+    path = Path(model).expanduser()
+    if looks_local and not path.is_dir():
+        raise ValueError(f"model path {model!r} does not exist (expected a folder written by save_pretrained)")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ValueError(f"model folder {model!r} has no config.json: not a save_pretrained checkpoint")
+
+
+def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> nn.Module:
+    """``from_pretrained`` with one clear error when the path or hub id cannot be loaded."""
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        return AutoModelForCausalLM.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot load model {model!r}: not a local HF folder and not reachable on the hub ({err.__class__.__name__}). "
+            "Pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id."
+        ) from None
+
+
+def _no_backward_sync(module: L.LightningModule) -> Any:
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step."""
+    block = getattr(module.trainer.strategy, "block_backward_sync", None)
+    return block() if block is not None else nullcontext()

@@ -1,0 +1,224 @@
+"""Reward specs from YAML, their validation, and :class:`RewardSet`, the weighted combination with logging stats.
+
+A spec's ``name`` is a registry name or ``"package.module:function"``. User functions follow TRL/open-r1's
+convention and work unchanged: ``f(completions, **kwargs) -> list[float | None]``, called with
+``completions=`` (strings, or ``[[{"role": "assistant", "content": ...}]]`` with ``completion_format=
+"messages"``), ``prompts=``, ``completion_ids=`` and every dataset column (e.g. ``solution=``) as keyword
+arguments, plus the spec's ``kwargs``. ``None`` means "not applicable" and contributes 0 to the weighted sum,
+as TRL's ``nansum`` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from openrs_pl.rewards.completion_text import as_messages
+from openrs_pl.rewards.correctness import accuracy_reward, cosine_reward, length_reward
+from openrs_pl.rewards.counters import collecting
+from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
+from openrs_pl.rewards.repetition import repetition_reward
+
+RewardFunc = Callable[..., list[float | None]]
+
+REWARD_REGISTRY: dict[str, RewardFunc] = {
+    "accuracy": accuracy_reward,
+    "format": format_reward,
+    "format_strict": format_strict_reward,
+    "tag_count": tag_count_reward,
+    "cosine": cosine_reward,
+    "repetition": repetition_reward,
+    "length": length_reward,
+}
+
+# Arguments RewardSet supplies itself on every call; a spec may not bind them.
+_CALL_ARGS = ("completions", "prompts", "completion_ids")
+
+
+@dataclass
+class RewardSpec:
+    """One reward of a run: what to call, its weight, and keyword arguments bound to it.
+
+    Attributes:
+        name: a :data:`REWARD_REGISTRY` name or ``"package.module:function"``.
+        weight: multiplier of this reward in the total.
+        kwargs: keyword arguments bound to the function, e.g. ``{"max_len": 3584}``.
+    """
+
+    name: str
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_reward(name: str) -> RewardFunc:
+    """The function a spec name refers to.
+
+    Raises:
+        ValueError: unknown registry name, or a ``module:function`` that cannot be imported or is not callable.
+
+    >>> resolve_reward("format").__name__
+    'format_reward'
+    >>> resolve_reward("math:sqrt")(4.0)
+    2.0
+    """
+    if ":" not in name:
+        if name not in REWARD_REGISTRY:
+            raise ValueError(
+                f"unknown reward {name!r}; known: {', '.join(REWARD_REGISTRY)} (or 'package.module:function')"
+            )
+        return REWARD_REGISTRY[name]
+    module_name, _, attr_path = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for attr in attr_path.split("."):
+            obj = getattr(obj, attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load reward function {name!r}: {e}") from e
+    if not callable(obj):
+        raise ValueError(f"reward {name!r} is not callable")
+    return obj
+
+
+def _check_kwargs(spec: RewardSpec, func: RewardFunc) -> None:
+    """Bound kwargs must be *named* parameters: a typo would otherwise vanish into the function's ``**kwargs``."""
+    params = inspect.signature(func).parameters
+    named = {
+        p.name
+        for p in params.values()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    }
+    for key in spec.kwargs:
+        if key in _CALL_ARGS:
+            raise ValueError(f"reward {spec.name!r}: kwarg {key!r} is supplied by the trainer and cannot be bound")
+        if key not in named:
+            raise ValueError(
+                f"reward {spec.name!r} does not accept kwarg {key!r}; its parameters: {', '.join(sorted(named))}"
+            )
+    if not any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params.values()) and "completions" not in named:
+        raise ValueError(f"reward {spec.name!r} must accept a 'completions' argument")
+
+
+def validate_reward_specs(specs: Sequence[RewardSpec]) -> None:
+    """Check every spec before anything expensive happens (e.g. before a model is loaded).
+
+    Raises:
+        ValueError: naming the bad spec: no specs, unknown name, unimportable ``module:function``, a kwarg the
+            function does not accept, or a non-finite weight.
+
+    >>> validate_reward_specs([RewardSpec("cosine", 2.0, {"max_len": 3584})])
+    >>> validate_reward_specs([RewardSpec("cosine", 2.0, {"max_lenn": 3584})])
+    Traceback (most recent call last):
+    ...
+    ValueError: reward 'cosine' does not accept kwarg 'max_lenn'; its parameters: clip, completion_ids, ...
+    """
+    if not specs:
+        raise ValueError("no reward functions configured")
+    for spec in specs:
+        if not math.isfinite(spec.weight):
+            raise ValueError(f"reward {spec.name!r} has a non-finite weight {spec.weight}")
+        _check_kwargs(spec, resolve_reward(spec.name))
+
+
+def _unique_names(specs: Sequence[RewardSpec], funcs: Sequence[RewardFunc]) -> tuple[str, ...]:
+    """Log names: the registry name, or the user function's ``__name__``; repeats get ``_2``, ``_3``, ..."""
+    names: list[str] = []
+    for spec, func in zip(specs, funcs, strict=True):
+        base = spec.name if ":" not in spec.name else getattr(func, "__name__", spec.name.rpartition(":")[2])
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}_{k}", k + 1
+        names.append(name)
+    return tuple(names)
+
+
+@dataclass(frozen=True)
+class RewardResult:
+    """The rewards of one batch of N completions under R reward functions.
+
+    Attributes:
+        total: ``[N]`` weighted sum over functions (NaN values, i.e. None, contribute 0).
+        per_func: ``[N, R]`` raw values, NaN where a function returned None.
+        names: the R function names.
+        stats: ``rewards/<name>/mean``, ``rewards/<name>/std`` (over non-NaN values), ``reward/mean``,
+            ``reward/std``, and counters such as ``rewards/accuracy/gold_unparsed``, ``.../timeouts``, ``.../errors``.
+    """
+
+    total: torch.Tensor
+    per_func: torch.Tensor
+    names: tuple[str, ...]
+    stats: dict[str, float]
+
+
+def _mean_std(values: torch.Tensor) -> tuple[float, float]:
+    """Mean and (unbiased) std of the non-NaN entries; NaN where there are too few."""
+    valid = values[~values.isnan()]
+    mean = valid.mean().item() if valid.numel() else math.nan
+    std = valid.std().item() if valid.numel() > 1 else math.nan
+    return mean, std
+
+
+class RewardSet:
+    """The configured reward functions with their weights, called once per batch of completions.
+
+    >>> rs = RewardSet([RewardSpec("format", 1.0), RewardSpec("tag_count", 0.5)])
+    >>> out = rs(["x\\n</think>\\ny", "x"], prompts=["p", "p"], columns={})
+    >>> out.total.tolist(), out.stats["rewards/format/mean"]
+    ([1.25, 0.0], 0.5)
+    """
+
+    def __init__(self, specs: Sequence[RewardSpec], completion_format: Literal["text", "messages"] = "text") -> None:
+        if completion_format not in ("text", "messages"):
+            raise ValueError(f"completion_format must be 'text' or 'messages', got {completion_format!r}")
+        validate_reward_specs(specs)
+        self.specs = list(specs)
+        self.completion_format = completion_format
+        self.funcs = [resolve_reward(s.name) for s in self.specs]
+        self.names = _unique_names(self.specs, self.funcs)
+        self.weights = torch.tensor([s.weight for s in self.specs], dtype=torch.float32)  # [R]
+
+    def __call__(
+        self,
+        completions: list[str],
+        prompts: list[str],
+        columns: dict[str, list[Any]],
+        completion_ids: list[list[int]] | None = None,
+    ) -> RewardResult:
+        """Score N completions.
+
+        Args:
+            completions: N completion texts.
+            prompts: N prompts (passed on as ``prompts=``).
+            columns: dataset columns, each a list of N values (one per completion), passed as keyword arguments.
+            completion_ids: N token id lists (passed on; needed by ``length_unit="tokens"``).
+
+        Returns:
+            The per-function and weighted rewards with their logging stats.
+        """
+        n = len(completions)
+        for key, values in [("prompts", prompts), *columns.items()] + [("completion_ids", completion_ids or [])] * (
+            completion_ids is not None
+        ):
+            if len(values) != n:
+                raise ValueError(f"{key!r} has {len(values)} entries for {n} completions")
+        handed: list[Any] = as_messages(completions) if self.completion_format == "messages" else list(completions)
+        per_func = torch.full((n, len(self.funcs)), math.nan)  # [N, R]
+        stats: dict[str, float] = {}
+        for r, (name, spec, func) in enumerate(zip(self.names, self.specs, self.funcs, strict=True)):
+            with collecting() as counts:
+                values = func(
+                    completions=handed, prompts=prompts, completion_ids=completion_ids, **{**columns, **spec.kwargs}
+                )
+            if len(values) != n:
+                raise ValueError(f"reward {name!r} returned {len(values)} values for {n} completions")
+            per_func[:, r] = torch.tensor([math.nan if v is None else float(v) for v in values])
+            stats[f"rewards/{name}/mean"], stats[f"rewards/{name}/std"] = _mean_std(per_func[:, r])
+            stats.update({f"rewards/{name}/{key}": float(c) for key, c in counts.items()})
+        total = (per_func * self.weights).nansum(dim=1)  # [N]
+        stats["reward/mean"], stats["reward/std"] = _mean_std(total)
+        return RewardResult(total=total, per_func=per_func, names=self.names, stats=stats)

@@ -1,0 +1,143 @@
+"""The callback that drives rollouts: generate, score, compute advantages, hand the batch to the module, sync.
+
+Per optimizer step on every rank: take the DataModule's prompts from ``batch``, ask the engine for G completions
+each, decode them, score them with the module's reward set, turn rewards into group-relative advantages and put
+the padded :class:`RolloutBatch` into ``batch["rollout"]`` for ``training_step``. After the step, push the new
+policy weights into the engine (every ``sync_every`` steps; the HF engine samples from the policy itself and
+needs none). Groups never straddle ranks: each rank's prompts are expanded to their G completions locally, and
+in the dedicated vLLM mode rank 0 generates for everyone and sends each rank back exactly its own groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from openrs_pl.grpo.loss import group_advantages
+from openrs_pl.rollout.assemble import assemble_rollout
+from openrs_pl.rollout.engine import GenerationEngine
+from openrs_pl.rollout.hf_engine import HFEngine
+from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+
+log = logging.getLogger("openrs_pl.rollout")
+
+EngineName = Literal["hf", "vllm"]
+
+
+class RolloutCallback(L.Callback):
+    """Generates and scores each step's rollouts and keeps the engine's weights in sync with the policy.
+
+    Args:
+        engine: ``hf`` (``model.generate`` on the policy; nothing to sync) or ``vllm``.
+        vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
+        hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
+        seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
+    """
+
+    def __init__(
+        self,
+        engine: EngineName = "hf",
+        vllm: Any = None,
+        hf_batch_size: int | None = None,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.engine_name = engine
+        self.vllm_config = vllm
+        self.hf_batch_size = hf_batch_size
+        self.seed = seed
+        self.engine: GenerationEngine | None = None
+        self._sync_every = 1
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.engine is not None:
+            return
+        if self.engine_name == "hf":
+            self.engine = HFEngine(
+                pl_module.policy,
+                eos_token_id=pl_module.tokenizer.eos_token_id,
+                pad_token_id=pl_module.pad_token_id,
+                batch_size=self.hf_batch_size,
+            )
+        else:
+            self.engine = self._build_vllm_engine(trainer, pl_module)
+
+    def _build_vllm_engine(self, trainer: L.Trainer, pl_module: L.LightningModule) -> GenerationEngine | None:
+        from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+
+        config = self.vllm_config if self.vllm_config is not None else VLLMConfig()
+        self._sync_every = config.sync_every
+        # Dedicated mode: one engine, in rank 0's process, on its own device; the other ranks have none.
+        if config.mode == "dedicated" and trainer.global_rank != 0:
+            return None
+        return VLLMEngine(pl_module.model_name, config, seed=self.seed + trainer.global_rank)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resuming from a checkpoint: the engine was started from the base weights, the policy was not.
+        if self.engine_name == "vllm" and trainer.global_step > 0:
+            self._sync(pl_module)
+
+    # ------------------------------------------------------------------------------------------- per step
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        g = pl_module.grpo.num_generations
+        seed = self.seed + trainer.global_step * max(trainer.world_size, 1) + trainer.global_rank
+        sampling = pl_module.generation.sampling(n=g, seed=seed)
+        start = time.perf_counter()
+        generation = self._generate(trainer, batch["prompt_ids"], sampling)
+        pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
+        batch["rollout"] = self._score(trainer, pl_module, batch, generation)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.engine_name != "hf" and trainer.global_step % self._sync_every == 0:
+            self._sync(pl_module)
+
+    def _generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+        if self.engine_name == "vllm" and getattr(self.vllm_config, "mode", "dedicated") == "dedicated":
+            from openrs_pl.rollout.dispatch import generate_on_rank_zero
+
+            return generate_on_rank_zero(self.engine, prompt_ids, sampling)
+        assert self.engine is not None, "engine not built: RolloutCallback.setup did not run"
+        return self.engine.generate(prompt_ids, sampling)
+
+    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput):
+        g = pl_module.grpo.num_generations
+        texts = pl_module.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
+        columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
+        prompts = columns.pop("prompt", [""] * len(texts))
+        result = pl_module.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
+        rewards = result.total  # [N]
+        advantages = group_advantages(self._rewards_for_scale(trainer, pl_module, rewards), g, pl_module.grpo.scale_rewards)
+        if pl_module.grpo.scale_rewards == "batch" and trainer.world_size > 1:
+            n = rewards.numel()  # advantages were computed on the all-gathered batch: keep this rank's slice
+            advantages = advantages.view(trainer.world_size, n)[trainer.global_rank]
+        group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
+        stats = {f"train/{k}": v for k, v in result.stats.items()}
+        stats["train/frac_reward_zero_std"] = float((group_std < 1e-8).float().mean())
+        pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
+        pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return assemble_rollout(
+            batch["prompt_ids"], generation, rewards, result.per_func, advantages, g, pl_module.pad_token_id
+        )
+
+    @staticmethod
+    def _rewards_for_scale(trainer: L.Trainer, pl_module: L.LightningModule, rewards: torch.Tensor) -> torch.Tensor:
+        """The batch-std variant needs every rank's rewards; the group variants only the local groups."""
+        if pl_module.grpo.scale_rewards != "batch" or trainer.world_size <= 1:
+            return rewards
+        return pl_module.all_gather(rewards.to(pl_module.device)).reshape(-1).cpu()
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if self.engine is None:
+            return
+        start = time.perf_counter()
+        self.engine.sync_weights(pl_module.policy)
+        pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+        rank_zero_info(f"synced policy weights into the {self.engine_name} engine")

@@ -1,0 +1,95 @@
+"""Generation with ``transformers``' ``model.generate`` on the policy itself.
+
+The simplest engine: it samples from the very module being trained, so there is nothing to sync. It is the
+default on CPU and the fallback for evaluation when vLLM is not installed. Slower than vLLM on GPU (no paged
+KV cache, no continuous batching), but exact: its samples come from the current weights by construction.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+
+
+class HFEngine:
+    """Batched ``model.generate`` over left-padded prompts, ``n`` samples per prompt.
+
+    Args:
+        model: the policy module (shared with the trainer) or a path/hub id to load.
+        eos_token_id: token that ends a completion; read from the model's generation config if omitted.
+        pad_token_id: padding id for the batched prompts; defaults to ``eos_token_id``.
+        batch_size: prompts per ``generate`` call (each expands to ``n`` sequences); ``None`` = all at once.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | str,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        self.model = AutoModelForCausalLM.from_pretrained(model) if isinstance(model, str) else model
+        gen_cfg = self.model.generation_config
+        eos = eos_token_id if eos_token_id is not None else gen_cfg.eos_token_id
+        self.eos_token_id: int = eos[0] if isinstance(eos, list) else eos
+        pad = pad_token_id if pad_token_id is not None else gen_cfg.pad_token_id
+        self.pad_token_id: int = pad if pad is not None else self.eos_token_id
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+        step = self.batch_size or max(len(prompt_ids), 1)
+        completions: list[list[int]] = []
+        was_training = self.model.training
+        # eval() so gradient checkpointing does not switch the KV cache off during sampling.
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]) if sampling.seed is not None else nullcontext():
+                if sampling.seed is not None:
+                    torch.manual_seed(sampling.seed)
+                for start in range(0, len(prompt_ids), step):
+                    completions.extend(self._generate_chunk(prompt_ids[start : start + step], sampling))
+        finally:
+            self.model.train(was_training)
+        finished = [bool(c) and c[-1] == self.eos_token_id for c in completions]
+        return GenerationOutput(completion_ids=completions, finished=finished)
+
+    def _generate_chunk(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # [B, P]
+        attention_mask = torch.zeros_like(input_ids)  # [B, P]
+        for i, p in enumerate(prompts):  # left padding: the last prompt token sits at position P-1
+            input_ids[i, width - len(p) :] = torch.tensor(p)
+            attention_mask[i, width - len(p) :] = 1
+        greedy = sampling.temperature == 0.0
+        out = self.model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            do_sample=not greedy,
+            temperature=None if greedy else sampling.temperature,
+            top_p=None if greedy else sampling.top_p,
+            top_k=None if greedy else sampling.top_k,
+            max_new_tokens=sampling.max_tokens,
+            num_return_sequences=sampling.n,
+            eos_token_id=self.eos_token_id,
+            pad_token_id=self.pad_token_id,
+            use_cache=True,
+        )  # [B*n, P+L], the n samples of a prompt consecutive
+        return [_cut_at_eos(row[width:].tolist(), self.eos_token_id) for row in out]
+
+    def sync_weights(self, policy: nn.Module) -> None:
+        """Nothing to do: this engine samples from the policy module itself."""
+        if policy is not self.model:
+            self.model.load_state_dict(policy.state_dict())
+
+
+def _cut_at_eos(ids: list[int], eos: int) -> list[int]:
+    """Keep tokens up to and including the first EOS (generate pads finished rows after it)."""
+    return ids[: ids.index(eos) + 1] if eos in ids else ids
+
