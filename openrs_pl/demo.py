@@ -28,13 +28,23 @@ from openrs_pl.rollout.types import SamplingConfig
 EVAL_REWARDS = [RewardSpec("accuracy", kwargs={"gold_field": "answer"}), RewardSpec("format")]
 
 
-def make_problems(seed: int, n_train: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
-    """Distinct ``a + b`` problems (two-digit operands), split into train and held-out sets."""
-    rng = random.Random(seed)
-    pairs = [(a, b) for a in range(10, 60) for b in range(10, 60)]
-    rng.shuffle(pairs)
-    rows = [{"problem": f"What is {a} + {b}?", "answer": str(a + b), "a": a, "b": b} for a, b in pairs]
-    return rows[:n_train], rows[n_train : n_train + n_heldout]
+TEMPLATES = ("What is {a} + {b}?", "Compute {a} plus {b}.", "Add {a} and {b}.", "Find the sum of {a} and {b}.")
+
+
+def make_problems(seed: int, n_heldout: int) -> tuple[list[dict], list[dict]]:
+    """Single-digit additions in four phrasings; held-out rows are problem strings never trained on.
+
+    Every fact ``a + b`` also occurs in training under other phrasings, so a tiny model can transfer it; what
+    GRPO has to improve is how reliably the model gets facts right, which is what its rewards measure.
+    """
+    rows = [
+        {"problem": t.format(a=a, b=b), "answer": str(a + b), "a": a, "b": b}
+        for t in TEMPLATES
+        for a in range(10)
+        for b in range(10)
+    ]
+    random.Random(seed).shuffle(rows)
+    return rows[n_heldout:], rows[:n_heldout]
 
 
 def worked_solution(row: dict) -> str:
@@ -122,10 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
-    train, heldout = make_problems(args.seed, n_train=2000, n_heldout=200)
+    train, heldout = make_problems(args.seed, n_heldout=100)
     for name, rows in (("train", train), ("heldout", heldout)):
         (data_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    base = save_tiny_checkpoint(out / "base", hidden_size=256, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=512)
+    base = save_tiny_checkpoint(out / "base")
     print(f"[demo] warm start: {args.sft_steps} supervised steps ...", flush=True)
     sft = warm_start(base, out / "sft", train, steps=args.sft_steps, seed=args.seed)
     before = evaluate(sft, heldout)

@@ -26,11 +26,13 @@ and from any thread). Each task runs in the worker's main thread under a soft ``
 returns to the interpreter) it is killed and restarted. Either way the verdict is ``correct=False,
 timed_out=True``; an exception gives ``correct=False`` with its text in ``error``.
 
-Long completions: with ``boxed_match_priority=0`` and a ``\\boxed`` present, extraction is decided by the matches
-around the last ``\\boxed``, so only the text from ``_TAIL_CHARS`` before the last ``\\boxed`` to the end is handed
-to the parser (a box wrapped in more than ``_TAIL_CHARS`` of ``$$..$$`` is the only case where this differs).
-Without any ``\\boxed`` the last ``_TAIL_CHARS`` characters are used: the anchors then searched for ("final
-answer is", "answer:") sit near the end. This keeps a 100k-character completion from costing seconds of regex time.
+Long completions: math-verify's regex pass over the whole text is quadratic on some inputs (10k characters of
+unclosed ``\\[`` take 0.5-1.7 s, 100k characters minutes), so only a tail is parsed: from ``_TAIL_CHARS`` (4000)
+characters before the last ``\\boxed`` to the end, or the last ``_TAIL_CHARS`` characters if there is no box.
+Extraction tries the rightmost matches first (boxes first), so this is equivalent whenever the answer found near
+the end parses, which includes every completion whose last box parses. It differs only when nothing in the tail
+yields an answer and an earlier part would have: a completion with no box whose last "answer: $..$" lies more
+than 4000 characters before its end, or (``lighteval``'s any-match fallback) one whose last box does not parse.
 """
 
 from __future__ import annotations

@@ -20,7 +20,8 @@ from typing import Any, Literal
 import torch
 
 from openrs_pl.rewards.completion_text import as_messages
-from openrs_pl.rewards.correctness import accuracy_reward, cosine_reward, length_reward
+from openrs_pl.rewards.correctness import accuracy_reward, length_reward
+from openrs_pl.rewards.cosine import cosine_reward
 from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
 from openrs_pl.rewards.repetition import repetition_reward

@@ -253,6 +253,7 @@ class VLLMEngine:
         self.num_syncs = 0
         self._sync_calls = 0
         self._asleep = False
+        self._borrows_default_group = dist.is_available() and dist.is_initialized()
         try:
             from vllm import LLM
         except ImportError as error:
@@ -320,8 +321,21 @@ class VLLMEngine:
         self.num_syncs += 1
 
     def close(self) -> None:
-        """Shut the engine down (before the trainer's process group is destroyed, whose groups vLLM borrows)."""
-        self.llm.llm_engine.engine_core.shutdown()
+        """Shut the engine down, leaving the trainer's process group (if it had one) alive.
+
+        vLLM's shutdown destroys its own groups and then the default process group, which it assumes it created.
+        """
+        if not self._borrows_default_group:
+            self.llm.llm_engine.engine_core.shutdown()
+            return
+        destroy = dist.destroy_process_group
+
+        def destroy_own_groups_only(group: dist.ProcessGroup | None = None) -> None:
+            if group is not None:
+                destroy(group)
+
+        with mock.patch.object(dist, "destroy_process_group", side_effect=destroy_own_groups_only):
+            self.llm.llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
         """Colocate mode: free the KV cache and offload weights to host memory until the next call."""

@@ -20,12 +20,12 @@ EVERY = 8
 
 # Agreement (%) measured on the every-8th-row subsample, minus one point.
 FLOORS = {
-    "aime24": 0.0,
-    "amc23": 0.0,
-    "math (MATH test, first 100 problems)": 0.0,
-    "math500": 0.0,
-    "minerva_math": 0.0,
-    "olympiadbench": 0.0,
+    "aime24": 99.0,
+    "amc23": 99.0,
+    "math (MATH test, first 100 problems)": 99.0,
+    "math500": 96.1,
+    "minerva_math": 90.6,
+    "olympiadbench": 94.6,
 }
 
 needs_data = pytest.mark.skipif(not DATA_DIR.is_dir(), reason=f"real completions not present at {DATA_DIR}")
