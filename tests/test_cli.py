@@ -52,7 +52,7 @@ def test_recipe_batch_arithmetic() -> None:
 
 def test_trainer_overrides_from_the_command_line() -> None:
     cfg = parse(["--config", "configs/openrs_exp2.yaml", "--trainer.devices", "2", "--trainer.strategy", "ddp"]).config
-    assert (cfg.trainer.devices, cfg.trainer.strategy) == (2, "ddp")
+    assert (str(cfg.trainer.devices), cfg.trainer.strategy) == ("2", "ddp")
 
 
 def test_typo_in_a_key_names_it(tmp_path: Path) -> None:

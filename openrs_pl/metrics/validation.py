@@ -128,7 +128,7 @@ class ValidationPassAtK(L.Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, RolloutCallback) and (callback.engine is not None or trainer.world_size > 1):
                 # Its dispatcher also covers the dedicated vLLM mode, where only rank 0 holds an engine.
-                return lambda prompt_ids, sampling: callback._generate(trainer, prompt_ids, sampling)
+                return lambda prompt_ids, sampling: callback.generate(trainer, prompt_ids, sampling)
         if self._fallback_engine is None:
             from openrs_pl.rollout.hf_engine import HFEngine
 

@@ -202,9 +202,10 @@ class RewardSet:
             The per-function and weighted rewards with their logging stats.
         """
         n = len(completions)
-        for key, values in [("prompts", prompts), *columns.items()] + [("completion_ids", completion_ids or [])] * (
-            completion_ids is not None
-        ):
+        per_completion = {"prompts": prompts, **columns}
+        if completion_ids is not None:
+            per_completion["completion_ids"] = completion_ids
+        for key, values in per_completion.items():
             if len(values) != n:
                 raise ValueError(f"{key!r} has {len(values)} entries for {n} completions")
         handed: list[Any] = as_messages(completions) if self.completion_format == "messages" else list(completions)

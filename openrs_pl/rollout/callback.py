@@ -89,7 +89,7 @@ class RolloutCallback(L.Callback):
         seed = self.seed + trainer.global_step * max(trainer.world_size, 1) + trainer.global_rank
         sampling = pl_module.generation.sampling(n=g, seed=seed)
         start = time.perf_counter()
-        generation = self._generate(trainer, batch["prompt_ids"], sampling)
+        generation = self.generate(trainer, batch["prompt_ids"], sampling)
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
         batch["rollout"] = self._score(trainer, pl_module, batch, generation)
 
@@ -99,7 +99,8 @@ class RolloutCallback(L.Callback):
         if self.engine_name != "hf" and trainer.global_step % self._sync_every == 0:
             self._sync(pl_module)
 
-    def _generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+    def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+        """Completions for this rank's prompts (in the dedicated vLLM mode, via rank 0). Every rank must call it."""
         if self.engine_name == "vllm" and getattr(self.vllm_config, "mode", "dedicated") == "dedicated":
             from openrs_pl.rollout.dispatch import generate_on_rank_zero
 

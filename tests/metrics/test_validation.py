@@ -78,7 +78,6 @@ def test_rejects_bad_settings() -> None:
         ValidationPassAtK(every_n_steps=0)
 
 
-@pytest.mark.slow
 def test_logs_on_schedule_during_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
     callback = ValidationPassAtK(benchmarks=["aime24", "amc23"], num_problems=2, every_n_steps=2, max_tokens=8)
     trainer = L.Trainer(
