@@ -92,4 +92,23 @@ def test_short_fit_logs_every_metric(tiny_model_dir: Path, tmp_path: Path) -> No
     assert not missing, f"metrics not logged: {missing}"
     assert metrics["train/completions/max_length"].max() <= 12
     assert (Path(cli.trainer.log_dir) / "config.yaml").exists()
-    assert list(Path(cli.trainer.checkpoint_callback.dirpath).glob("*.ckpt"))
+
+
+@pytest.mark.slow
+def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "every_step.yaml"
+    config.write_text(Path("configs/tiny_cpu.yaml").read_text().replace("every_n_train_steps: 20", "every_n_train_steps: 1"))
+    common = [
+        "fit", "--config", str(config), "--model.model", str(tiny_model_dir),
+        "--data.source", str(write_problems(tmp_path / "train.jsonl")), "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.generation.max_completion_length", "8",
+        "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "12",
+    ]  # fmt: skip
+    first = cli_main([*common, "--trainer.max_steps", "2"])
+    ckpt = Path(first.trainer.checkpoint_callback.dirpath) / "step2.ckpt"
+    assert ckpt.exists()
+    resumed = cli_main([*common, "--trainer.max_steps", "3", "--ckpt_path", str(ckpt)])
+    assert resumed.trainer.global_step == 3
+    # The optimizer and schedule continued rather than restarting: AdamW has state for step 3.
+    state = resumed.trainer.optimizers[0].state_dict()["state"]
+    assert int(next(iter(state.values()))["step"]) == 3

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
-from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, truncated_is_weights
+from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, truncated_is_weights
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -122,8 +122,9 @@ class GRPOModule(L.LightningModule):
     def _score_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
         """Add the frozen reference's log-probs, and the pre-update policy's when they are needed."""
         ref = self._logprobs(self.reference, rollout) if self.reference is not None else None
-        # With one on-policy pass the old policy *is* the current one: the loss uses logp.detach() instead.
-        needs_old = self.grpo.num_iterations > 1 or self.grpo.tis_cap is not None
+        # With one on-policy pass the old policy *is* the current one and the loss uses logp.detach(); it is
+        # computed anyway when the engine reported its own log-probs, to measure (and optionally correct) the gap.
+        needs_old = self.grpo.num_iterations > 1 or rollout.sampler_logprobs is not None
         old = self._logprobs(self.policy, rollout) if needs_old else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
@@ -214,9 +215,8 @@ class GRPOModule(L.LightningModule):
             "train/completions/clipped_ratio": rollout.truncated.float().mean(),
         }
         if rollout.sampler_logprobs is not None and rollout.old_logprobs is not None:
-            mask = rollout.completion_mask.bool()
-            diff = (rollout.sampler_logprobs - rollout.old_logprobs).abs()[mask]  # [valid tokens]
-            metrics["train/sampler_logprob_diff"] = diff.mean()
+            gap = logprob_gap(rollout.sampler_logprobs, rollout.old_logprobs, rollout.completion_mask)
+            metrics["train/sampler_logprob_diff"] = gap
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
 
     # ------------------------------------------------------------------------------------------- optimisers

@@ -16,13 +16,13 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 
 from openrs_pl.grpo.loss import group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+from openrs_pl.rollout.vllm_engine import VLLMConfig
 
 log = logging.getLogger("openrs_pl.rollout")
 
@@ -42,7 +42,7 @@ class RolloutCallback(L.Callback):
     def __init__(
         self,
         engine: EngineName = "hf",
-        vllm: Any = None,
+        vllm: VLLMConfig | None = None,
         hf_batch_size: int | None = None,
         seed: int = 42,
     ) -> None:
@@ -52,7 +52,6 @@ class RolloutCallback(L.Callback):
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
-        self._sync_every = 1
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -69,19 +68,25 @@ class RolloutCallback(L.Callback):
             self.engine = self._build_vllm_engine(trainer, pl_module)
 
     def _build_vllm_engine(self, trainer: L.Trainer, pl_module: L.LightningModule) -> GenerationEngine | None:
-        from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+        from openrs_pl.rollout.vllm_engine import VLLMEngine
 
         config = self.vllm_config if self.vllm_config is not None else VLLMConfig()
-        self._sync_every = config.sync_every
         # Dedicated mode: one engine, in rank 0's process, on its own device; the other ranks have none.
         if config.mode == "dedicated" and trainer.global_rank != 0:
             return None
-        return VLLMEngine(pl_module.model_name, config, seed=self.seed + trainer.global_rank)
+        return VLLMEngine(pl_module.model_name, config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # vLLM's own shutdown would destroy the trainer's process group if left to the interpreter's exit.
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+        self.engine = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Resuming from a checkpoint: the engine was started from the base weights, the policy was not.
         if self.engine_name == "vllm" and trainer.global_step > 0:
-            self._sync(pl_module)
+            self._sync(pl_module, force=True)
 
     # ------------------------------------------------------------------------------------------- per step
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
@@ -90,13 +95,17 @@ class RolloutCallback(L.Callback):
         sampling = pl_module.generation.sampling(n=g, seed=seed)
         start = time.perf_counter()
         generation = self.generate(trainer, batch["prompt_ids"], sampling)
+        sleep = getattr(self.engine, "sleep", None)  # colocate + sleep mode: free the engine's memory for training
+        if sleep is not None:
+            sleep()
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
         batch["rollout"] = self._score(trainer, pl_module, batch, generation)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if self.engine_name != "hf" and trainer.global_step % self._sync_every == 0:
+        # The engine applies its own `sync_every`; the HF engine samples from the policy and needs no sync.
+        if self.engine_name != "hf":
             self._sync(pl_module)
 
     def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
@@ -135,10 +144,12 @@ class RolloutCallback(L.Callback):
             return rewards
         return pl_module.all_gather(rewards.to(pl_module.device)).reshape(-1).cpu()
 
-    def _sync(self, pl_module: L.LightningModule) -> None:
+    def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
         if self.engine is None:
             return
         start = time.perf_counter()
-        self.engine.sync_weights(pl_module.policy)
+        if force:
+            self.engine.sync_weights(pl_module.policy, force=True)
+        else:
+            self.engine.sync_weights(pl_module.policy)
         pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
-        rank_zero_info(f"synced policy weights into the {self.engine_name} engine")

@@ -101,6 +101,45 @@ EQUIVALENCES = [
     ("The answer is 7", "7", False, True),  # the recipe needs LaTeX or a box; lighteval also reads plain numbers
     ("The answer is $7$", "7", True, True),
     (boxed(""), "0", False, False),
+    # e-notation golds (lm-eval style, Minerva): "e" is not Euler's number; numbers must agree to ~5 digits
+    (boxed("0.001"), "1e-3", True, True),
+    (boxed("0.01"), "1e-3", False, False),
+    (boxed("10^{-3}"), "1e-3", True, True),
+    (boxed(r"8.7 \times 10^{8}"), "8.7e8", True, True),
+    (boxed("870000000"), "8.7e8", True, True),
+    (boxed(r"8.6 \times 10^{8}"), "8.7e8", False, False),
+    (boxed("8.7e8"), "8.7e8", True, True),
+    (boxed("8.7e7"), "8.7e8", False, False),
+    (boxed(r"x = 1.24 \times 10^{-8}\text{ m}"), "$1.24e-8$", True, True),
+    (boxed(r"2.0 \times 10^{-8}"), "1.24e-8", False, False),
+    (boxed("0.00000002"), "1.24e-8", False, False),  # math-verify's 5-decimal rounding alone would accept this
+    (boxed("1.2400001e-8"), "1.24e-8", True, True),
+    (boxed("-2.5e3"), "-2500", True, True),
+    (boxed("e^{-3}"), "1e-3", False, False),
+    # the remaining fixes are evaluation-only; the training reward keeps the recipe's parse
+    # ordinal superscripts
+    (boxed(r"12^{\mathrm{th}} \text{ grade}"), "12", False, True),
+    (boxed(r"11^{\mathrm{th}} \text{ grade}"), "12", False, False),
+    (boxed("3^{rd}"), "3", False, True),
+    (boxed(r"21^\text{st}"), "21", False, True),
+    (boxed("2^{2}"), "4", True, True),
+    # X% equals X (math-verify has it for integers only) and X/100, and nothing else
+    (boxed(r"17.5\%"), "17.5", False, True),
+    (boxed("17.5"), r"17.5\%", False, True),
+    (boxed("0.175"), r"17.5\%", True, True),
+    (boxed(r"1.75\%"), "17.5", False, False),
+    (boxed("1.75"), r"17.5\%", False, False),
+    (boxed(r"17\%"), "17.5", False, False),
+    # a bare multiple-choice gold matches the choice's letter followed by its text
+    (boxed(r"\text{(C) Plane}"), "(C)", False, True),
+    (boxed(r"\text{(D) Plane}"), "(C)", False, False),
+    (boxed(r"\text{Plane (C)}"), "(C)", False, False),
+    (boxed(r"\textbf{(B)}"), "B", True, True),
+    # string fallbacks ignore whitespace
+    (boxed("E_{1}, E_{2}"), "E_{1},E_{2}", False, True),
+    (boxed("E_{1}, E_{3}"), "E_{1},E_{2}", False, False),
+    (boxed(r"E_1,\, E_2"), "E_{1},E_{2}", False, True),
+    (boxed("E_{12}, E_{2}"), "E_{1},E_{2}", False, False),
 ]
 
 

@@ -1,0 +1,69 @@
+"""Run by tests/grpo/test_ddp.py: a 2-process DDP fit (gloo) through the CLI that records what each rank saw.
+
+Lightning's DDP launcher re-executes this script once per extra rank, so it must be a script, not a test.
+Usage: python tests/grpo/ddp_fit.py MODEL_DIR DATA_JSONL OUT_DIR
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from openrs_pl.cli import cli_main
+
+
+class Recorder(L.Callback):
+    """Writes, per rank, the problems it trained on and a hash of its policy weights after the fit."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.problems: list[str] = []
+
+        self.initial_sha256 = ""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.initial_sha256 = weights_sha256(pl_module.policy)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.problems.extend(batch["problem"])
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        record = {
+            "problems": self.problems,
+            "initial_sha256": self.initial_sha256,
+            "weights_sha256": weights_sha256(pl_module.policy),
+            "step": trainer.global_step,
+        }
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to(torch.float64).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(model_dir: str, data: str, out: str) -> None:
+    args = [
+        "--config", "configs/tiny_cpu.yaml", "--model.model", model_dir, "--data.source", data,
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
+        "--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out,
+        "--trainer.enable_progress_bar", "false", "--model.generation.max_completion_length", "8",
+        "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "6", "--model.optim.lr", "1e-3",
+        # Length-dependent scores for wrong answers: non-zero advantages even for a random model.
+        "--model.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
+    ]  # fmt: skip
+    cli = cli_main(args, run=False)
+    cli.trainer.callbacks.append(Recorder(Path(out)))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
