@@ -1,9 +1,9 @@
 """``openrs-pl``: ``fit``/``validate`` through LightningCLI, plus ``eval`` (benchmarks) and ``export`` (HF folder).
 
-    openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.max_steps 50
-    openrs-pl fit --config configs/tiny_cpu.yaml --print_config
-    openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
-    openrs-pl export CHECKPOINT.ckpt OUT_DIR
+openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.max_steps 50
+openrs-pl fit --config configs/tiny_cpu.yaml --print_config
+openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
+openrs-pl export CHECKPOINT.ckpt OUT_DIR
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OpenRSCLI:
 def _export(argv: list[str]) -> None:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="openrs-pl export", description="Write a checkpoint's policy as an HF folder.")
+    parser = argparse.ArgumentParser(
+        prog="openrs-pl export", description="Write a checkpoint's policy as an HF folder."
+    )
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
     a = parser.parse_args(argv)

@@ -73,7 +73,9 @@ def warm_start(model_dir: Path, out_dir: Path, rows: list[dict], steps: int, see
         for i, (p, t) in enumerate(batch):
             ids[i, : len(p) + len(t)] = torch.tensor(p + t)
             labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
-        loss = model(input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id), labels=labels).loss
+        loss = model(
+            input_ids=ids, attention_mask=(labels != -100) | (ids != tokenizer.pad_token_id), labels=labels
+        ).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -122,8 +124,8 @@ def plot_rewards(metrics_csv: Path, out_png: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Tiny-model GRPO demo on CPU.")
     parser.add_argument("--out", default="runs/demo")
-    parser.add_argument("--sft-steps", type=int, default=150)
-    parser.add_argument("--grpo-steps", type=int, default=60)
+    parser.add_argument("--sft-steps", type=int, default=120)
+    parser.add_argument("--grpo-steps", type=int, default=120)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     from openrs_pl.cli import cli_main
@@ -159,7 +161,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")
     for key in ("accuracy", "format", "mean_length"):
         print(f"| {key:<16} | {before[key]:>11.3f} | {after[key]:>10.3f} |")
-    print(f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {time.time() - t0:.0f} s")
+    print(
+        f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {time.time() - t0:.0f} s"
+    )
     print(f"metrics CSV: {metrics_csv}\nreward curve: {out / 'reward_curve.png'}\npolicy (HF folder): {final}")
 
 

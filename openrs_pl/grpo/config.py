@@ -42,7 +42,9 @@ class GRPOConfig:
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
-            raise ValueError(f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}")
+            raise ValueError(
+                f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}"
+            )
         if self.micro_batch_size < 1 or self.num_iterations < 1 or self.logprob_chunk_size < 1:
             raise ValueError("grpo.micro_batch_size, grpo.num_iterations and grpo.logprob_chunk_size must be >= 1")
         if self.beta < 0:

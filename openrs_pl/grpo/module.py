@@ -168,7 +168,10 @@ class GRPOModule(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
         metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
-        metrics |= {"train/clip_ratio/low": totals["clip_ratio_low"], "train/clip_ratio/high": totals["clip_ratio_high"]}
+        metrics |= {
+            "train/clip_ratio/low": totals["clip_ratio_low"],
+            "train/clip_ratio/high": totals["clip_ratio_high"],
+        }
         metrics |= {"train/lr": torch.tensor(opt.param_groups[0]["lr"])}
         if grad_norm is not None:
             metrics["train/grad_norm"] = grad_norm
@@ -227,7 +230,10 @@ class GRPOModule(L.LightningModule):
         )
         total = self._total_optimizer_steps()
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-            optimizer, num_warmup_steps=round(o.warmup_ratio * total), num_training_steps=total, min_lr_rate=o.min_lr_rate
+            optimizer,
+            num_warmup_steps=round(o.warmup_ratio * total),
+            num_training_steps=total,
+            min_lr_rate=o.min_lr_rate,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -267,7 +273,8 @@ def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | N
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"cannot load model {model!r}: not a local HF folder and not reachable on the hub ({err.__class__.__name__}). "
+            f"cannot load model {model!r}: not a local HF folder and not reachable on the hub "
+            f"({err.__class__.__name__}). "
             "Pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id."
         ) from None
 

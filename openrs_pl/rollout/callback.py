@@ -74,7 +74,9 @@ class RolloutCallback(L.Callback):
         # Dedicated mode: one engine, in rank 0's process, on its own device; the other ranks have none.
         if config.mode == "dedicated" and trainer.global_rank != 0:
             return None
-        return VLLMEngine(pl_module.model_name, config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank)
+        return VLLMEngine(
+            pl_module.model_name, config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank
+        )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # vLLM's own shutdown would destroy the trainer's process group if left to the interpreter's exit.
@@ -89,7 +91,9 @@ class RolloutCallback(L.Callback):
             self._sync(pl_module, force=True)
 
     # ------------------------------------------------------------------------------------------- per step
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         g = pl_module.grpo.num_generations
         seed = self.seed + trainer.global_step * max(trainer.world_size, 1) + trainer.global_rank
         sampling = pl_module.generation.sampling(n=g, seed=seed)
@@ -117,14 +121,18 @@ class RolloutCallback(L.Callback):
         assert self.engine is not None, "engine not built: RolloutCallback.setup did not run"
         return self.engine.generate(prompt_ids, sampling)
 
-    def _score(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput):
+    def _score(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
+    ):
         g = pl_module.grpo.num_generations
         texts = pl_module.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
         columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
         prompts = columns.pop("prompt", [""] * len(texts))
         result = pl_module.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
         rewards = result.total  # [N]
-        advantages = group_advantages(self._rewards_for_scale(trainer, pl_module, rewards), g, pl_module.grpo.scale_rewards)
+        advantages = group_advantages(
+            self._rewards_for_scale(trainer, pl_module, rewards), g, pl_module.grpo.scale_rewards
+        )
         if pl_module.grpo.scale_rewards == "batch" and trainer.world_size > 1:
             n = rewards.numel()  # advantages were computed on the all-gathered batch: keep this rank's slice
             advantages = advantages.view(trainer.world_size, n)[trainer.global_rank]

@@ -92,4 +92,3 @@ class HFEngine:
 def _cut_at_eos(ids: list[int], eos: int) -> list[int]:
     """Keep tokens up to and including the first EOS (generate pads finished rows after it)."""
     return ids[: ids.index(eos) + 1] if eos in ids else ids
-

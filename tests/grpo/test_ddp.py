@@ -16,7 +16,9 @@ ROOT = Path(__file__).parents[2]
 @pytest.mark.slow
 def test_two_rank_ddp_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(16)))
+    data.write_text(
+        "".join(json.dumps({"problem": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(16))
+    )
     env = os.environ | {"PYTHONPATH": str(ROOT), "OPENRS_GRADING_WORKERS": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests/grpo/ddp_fit.py"), str(tiny_model_dir), str(data), str(tmp_path)],

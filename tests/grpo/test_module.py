@@ -100,7 +100,9 @@ def test_beta_zero_loads_no_reference(tiny_model_dir: Path) -> None:
 
 def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path) -> None:
     module = make_module(tiny_model_dir)
-    trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
+    )
     with pytest.raises(RuntimeError, match="RolloutCallback"):
         trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
 

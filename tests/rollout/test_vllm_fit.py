@@ -21,12 +21,17 @@ pytestmark = [
 @pytest.mark.parametrize("sync", [True, False], ids=["synced", "sync-skipped"])
 def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bool, monkeypatch) -> None:
     if not sync:  # negative control: the same run with the weight push disabled must show the stale engine
-        monkeypatch.setattr("openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights", lambda self, policy, force=False: None)
+        monkeypatch.setattr(
+            "openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights", lambda self, policy, force=False: None
+        )
     data = tmp_path / "train.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n" for a in range(12)))
+    data.write_text(
+        "".join(json.dumps({"problem": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n" for a in range(12))
+    )
     cli = cli_main(
         [
-            "fit", "--config", "configs/tiny_cpu.yaml", "--model.model", str(tiny_model_dir), "--data.source", str(data),
+            "fit", "--config", "configs/tiny_cpu.yaml",
+            "--model.model", str(tiny_model_dir), "--data.source", str(data),
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_checkpointing", "false",
             "--trainer.callbacks", "[]", "--model.generation.max_completion_length", "16",
