@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
-from openrs_pl.cli import OpenRSCLI, cli_main
+from openrs_pl.cli import OpenRSCLI, cli_main, main
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.module import GRPOModule
 
@@ -114,3 +116,18 @@ def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     # The optimizer and schedule continued rather than restarting: AdamW has state for step 3.
     state = resumed.trainer.optimizers[0].state_dict()["state"]
     assert int(next(iter(state.values()))["step"]) == 3
+
+    # `openrs-pl export` turns a checkpoint into a plain HF folder with the trained weights.
+    main(["export", str(ckpt), str(tmp_path / "hf")])
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    trained = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(tensor, trained[f"policy.{name}"]), name
+
+
+def test_print_config_shows_the_resolved_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/openrs_exp3.yaml", "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "max_len: 3584" in printed and "deepspeed_stage_2" in printed and "num_generations: 6" in printed
