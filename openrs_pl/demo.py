@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Tiny-model GRPO demo on CPU.")
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--sft-steps", type=int, default=120)
-    parser.add_argument("--grpo-steps", type=int, default=120)
+    parser.add_argument("--grpo-steps", type=int, default=250)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     from openrs_pl.cli import cli_main

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -99,9 +100,9 @@ def test_short_fit_logs_every_metric(tiny_model_dir: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "every_step.yaml"
-    config.write_text(
-        Path("configs/tiny_cpu.yaml").read_text().replace("every_n_train_steps: 40", "every_n_train_steps: 1")
-    )
+    text, n = re.subn(r"every_n_train_steps: \d+", "every_n_train_steps: 1", Path("configs/tiny_cpu.yaml").read_text())
+    assert n == 1, "tiny_cpu.yaml should have one ModelCheckpoint with every_n_train_steps"
+    config.write_text(text)
     common = [
         "fit", "--config", str(config), "--model.model", str(tiny_model_dir),
         "--data.source", str(write_problems(tmp_path / "train.jsonl")), "--trainer.default_root_dir", str(tmp_path),

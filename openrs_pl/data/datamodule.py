@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
@@ -48,6 +49,21 @@ def collate_rows(rows: list[dict[str, Any]]) -> Batch:
     """
     keys = list(dict.fromkeys(key for row in rows for key in row))
     return {key: [row.get(key) for row in rows] for key in keys}
+
+
+class ResumableSampler(DistributedSampler):
+    """A ``DistributedSampler`` whose next iteration can start part-way, after the prompts already trained on.
+
+    GRPO recipes run for less than one epoch (Open-RS: 6,000 of 7,000 prompts), so restarting the epoch on resume
+    would train on the same prompts twice. ``skip`` is consumed by the next ``__iter__`` only.
+    """
+
+    skip: int = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0
+        return iter(indices[skip:])
 
 
 class ProblemDataModule(LightningDataModule):
@@ -106,6 +122,7 @@ class ProblemDataModule(LightningDataModule):
         self.num_workers = num_workers
         self.rows: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {}
+        self._resume: dict[str, int] = {}
 
     @property
     def num_prompts(self) -> int:
@@ -153,6 +170,17 @@ class ProblemDataModule(LightningDataModule):
             raise ValueError(f"{self.source}: every prompt is longer than max_prompt_length={self.max_prompt_length}")
         log_rank_zero(f"{self.source}: {self.num_prompts} prompts ready; {self.stats}")
 
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: how many batches of the current epoch were trained on."""
+        if self.trainer is None:
+            return {}
+        # `processed` counts the batch whose optimizer step just ran (checkpoints are written at batch end).
+        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """On resume, the next ``train_dataloader`` continues after the batches already trained on."""
+        self._resume = dict(state_dict)
+
     def train_dataloader(self) -> DataLoader:
         """Batches for this process's rank, from the attached trainer (rank 0 of 1 without one)."""
         trainer = self.trainer
@@ -168,9 +196,12 @@ class ProblemDataModule(LightningDataModule):
         """
         if not self.rows:
             raise RuntimeError("call setup() before asking for a dataloader")
-        sampler = DistributedSampler(
+        sampler = ResumableSampler(
             self.rows, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
         )
+        batches_done, self._resume = self._resume.get("batches_done", 0), {}
+        if batches_done < len(sampler) // self.prompts_per_step:  # a checkpoint from an epoch's end starts afresh
+            sampler.skip = batches_done * self.prompts_per_step
         return DataLoader(
             self.rows,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_size=self.prompts_per_step,

@@ -102,6 +102,9 @@ class GRPOModule(L.LightningModule):
             self.grpo.check_batch(datamodule.prompts_per_step)
 
     def on_fit_start(self) -> None:
+        # from_pretrained returns eval mode and Lightning leaves submodules as they are: train the policy in
+        # train mode (dropout, if the architecture has any), keep the reference in eval mode.
+        self.policy.train()
         if self.reference is not None:
             self.reference.to(self.device)
 

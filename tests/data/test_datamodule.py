@@ -216,3 +216,26 @@ def test_misuse_is_reported(data_file: Path) -> None:
         ProblemDataModule(source=str(data_file)).dataloader_for_rank(0, 1)
     with pytest.raises(ValueError, match="overlong_prompts must be 'drop' or 'truncate'"):
         ProblemDataModule(overlong_prompts="cut")  # type: ignore[arg-type]
+
+
+def test_resume_continues_after_the_batches_already_trained_on(
+    data_file: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    def fit(max_steps: int, ckpt_path: str | None = None) -> list[int]:
+        dm = ProblemDataModule(source=str(data_file), max_prompt_length=4096, prompts_per_step=4, seed=3)
+        dm.tokenizer = str(tiny_model_dir)
+        module = RecordingModule()
+        checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
+        trainer = pl.Trainer(
+            max_steps=max_steps, accelerator="cpu", logger=False, enable_progress_bar=False,
+            enable_model_summary=False, callbacks=[checkpoint],
+        )  # fmt: skip
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return [k for batch in module.seen for k in batch]
+
+    order = fit(max_steps=2)  # batches 1-2 of epoch 0 (4 batches of 4 prompts per epoch)
+    resumed = fit(max_steps=4, ckpt_path=str(tmp_path / "epoch=0-step=2.ckpt"))
+    uninterrupted = epoch_order(ready(data_file, tiny_model_dir, max_prompt_length=4096, prompts_per_step=4, seed=3))
+    # Nothing repeated, nothing skipped: the resumed run trains on exactly batches 3-4 of the same epoch.
+    assert order == uninterrupted[:8]
+    assert resumed == uninterrupted[8:16]
