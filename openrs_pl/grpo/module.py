@@ -100,6 +100,10 @@ class GRPOModule(L.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and hasattr(datamodule, "prompts_per_step"):
             self.grpo.check_batch(datamodule.prompts_per_step)
+        # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
+        # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
+        if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
+            self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)
 
     def on_fit_start(self) -> None:
         # from_pretrained returns eval mode and Lightning leaves submodules as they are: train the policy in
@@ -168,6 +172,8 @@ class GRPOModule(L.LightningModule):
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
         grad_norm = self._clip_gradients(opt)
         opt.step()
+        if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
+            grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
         metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
@@ -205,7 +211,7 @@ class GRPOModule(L.LightningModule):
         )
 
     def _clip_gradients(self, opt: Any) -> Tensor | None:
-        if self.optim.max_grad_norm is None:
+        if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
             return None
         params = [p for p in self.policy.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
@@ -280,6 +286,12 @@ def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | N
             f"({err.__class__.__name__}). "
             "Pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id."
         ) from None
+
+
+def _is_deepspeed(strategy: Any) -> bool:
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return isinstance(strategy, DeepSpeedStrategy)
 
 
 def _no_backward_sync(module: L.LightningModule) -> Any:
