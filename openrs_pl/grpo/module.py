@@ -185,6 +185,8 @@ class GRPOModule(L.LightningModule):
         if grad_norm is not None:
             metrics["train/grad_norm"] = grad_norm
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+        # The bar's own counter is per epoch; GRPO runs are counted in optimizer steps.
+        self.log("step", float(self.global_step), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
