@@ -10,7 +10,6 @@ in the dedicated vLLM mode rank 0 generates for everyone and sends each rank bac
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Literal
 
@@ -21,10 +20,8 @@ from openrs_pl.grpo.loss import group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
-from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, RolloutBatch, SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig
-
-log = logging.getLogger("openrs_pl.rollout")
 
 EngineName = Literal["hf", "vllm"]
 
@@ -123,7 +120,7 @@ class RolloutCallback(L.Callback):
 
     def _score(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
-    ):
+    ) -> RolloutBatch:
         g = pl_module.grpo.num_generations
         texts = pl_module.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
         columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
