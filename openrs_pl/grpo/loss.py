@@ -291,6 +291,20 @@ _NORMALIZERS: dict[str, tuple[Callable[..., Tensor], str | None]] = {
 }
 
 
+def loss_mask(completion_mask: Tensor, truncated: Tensor | None, mask_truncated_completions: bool) -> Tensor:
+    """The tokens that count in the loss: valid completion tokens, minus truncated rows when asked (DAPO).
+
+    >>> loss_mask(torch.tensor([[1, 1], [1, 0]]), torch.tensor([True, False]), True).tolist()
+    [[False, False], [True, False]]
+    """
+    mask = completion_mask.bool()  # [N, L]
+    if not mask_truncated_completions:
+        return mask
+    if truncated is None:
+        raise ValueError("mask_truncated_completions=True needs the truncated flags")
+    return mask & ~truncated.bool().unsqueeze(-1)  # [N, L]
+
+
 def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, cap: float = 2.0) -> Tensor:
     """Truncated importance-sampling weights ``min(exp(old - sampler), cap)`` per token, detached.
 
@@ -380,11 +394,7 @@ def grpo_loss(
     extra = {"max_completion_length": max_completion_length, "num_active_tokens": num_active_tokens}
     if needed is not None and extra[needed] is None:
         raise ValueError(f"loss_type={loss_type!r} needs {needed}")
-    mask = mask.bool()  # [N, L]
-    if mask_truncated_completions:
-        if truncated is None:
-            raise ValueError("mask_truncated_completions=True needs the truncated flags")
-        mask = mask & ~truncated.bool().unsqueeze(-1)  # [N, L]
+    mask = loss_mask(mask, truncated, mask_truncated_completions)  # [N, L]
 
     def valid(x: Tensor) -> Tensor:
         # Zero the padding before any exp(): where() after an overflow would still send 0 * inf = NaN gradients.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
-from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, truncated_is_weights
+from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -147,16 +147,16 @@ class GRPOModule(L.LightningModule):
             chunk_size=self.grpo.logprob_chunk_size,
         )  # [N, L]
 
-    def _global_active_tokens(self, rollout: RolloutBatch) -> float:
-        """Valid completion tokens of the whole optimizer step across ranks, divided by world size (dapo)."""
-        mask = rollout.completion_mask.bool()  # [N, L]
-        if self.grpo.mask_truncated_completions:
-            mask = mask & ~rollout.truncated[:, None]
+    def _global_active_tokens(self, rollout: RolloutBatch) -> float | None:
+        """Loss tokens of the whole optimizer step across ranks, divided by world size; only dapo needs them."""
+        if self.grpo.loss_type != "dapo":
+            return None  # no cross-rank collective for the other normalisations
+        mask = loss_mask(rollout.completion_mask, rollout.truncated, self.grpo.mask_truncated_completions)  # [N, L]
         tokens = mask.sum().float()
         total = self.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
         return float(total) / self.trainer.world_size
 
-    def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float) -> Tensor:
+    def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> Tensor:
         opt = self.optimizers()
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
         # bnpo/grpo/dr_grpo normalise per micro-batch, so accumulation averages them; dapo's constant
@@ -190,7 +190,7 @@ class GRPOModule(L.LightningModule):
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
-    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float) -> Any:
+    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> Any:
         logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
         is_weights = None
         if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None:
@@ -260,9 +260,6 @@ class GRPOModule(L.LightningModule):
         self.policy.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         return out
-
-    def config_summary(self) -> dict[str, Any]:
-        return {"grpo": asdict(self.grpo), "generation": asdict(self.generation), "optim": asdict(self.optim)}
 
 
 def _check_model_source(model: str) -> None:

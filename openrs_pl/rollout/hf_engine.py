@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from openrs_pl.rollout.assemble import pad_left
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
 
 
@@ -61,12 +62,8 @@ class HFEngine:
 
     def _generate_chunk(self, prompts: list[list[int]], sampling: SamplingConfig) -> list[list[int]]:
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_token_id, dtype=torch.long)  # [B, P]
-        attention_mask = torch.zeros_like(input_ids)  # [B, P]
-        for i, p in enumerate(prompts):  # left padding: the last prompt token sits at position P-1
-            input_ids[i, width - len(p) :] = torch.tensor(p)
-            attention_mask[i, width - len(p) :] = 1
+        input_ids, attention_mask = pad_left(prompts, self.pad_token_id)  # [B, P]: last prompt token at P-1
+        width = input_ids.shape[1]
         greedy = sampling.temperature == 0.0
         out = self.model.generate(
             input_ids=input_ids.to(device),
