@@ -45,7 +45,7 @@ class RolloutCallback(L.Callback):
     ) -> None:
         super().__init__()
         self.engine_name = engine
-        self.vllm_config = vllm
+        self.vllm_config = vllm if vllm is not None else VLLMConfig()
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
@@ -67,12 +67,11 @@ class RolloutCallback(L.Callback):
     def _build_vllm_engine(self, trainer: L.Trainer, pl_module: L.LightningModule) -> GenerationEngine | None:
         from openrs_pl.rollout.vllm_engine import VLLMEngine
 
-        config = self.vllm_config if self.vllm_config is not None else VLLMConfig()
         # Dedicated mode: one engine, in rank 0's process, on its own device; the other ranks have none.
-        if config.mode == "dedicated" and trainer.global_rank != 0:
+        if self.vllm_config.mode == "dedicated" and trainer.global_rank != 0:
             return None
         return VLLMEngine(
-            pl_module.model_name, config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank
+            pl_module.model_name, self.vllm_config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank
         )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -111,7 +110,7 @@ class RolloutCallback(L.Callback):
 
     def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Completions for this rank's prompts (in the dedicated vLLM mode, via rank 0). Every rank must call it."""
-        if self.engine_name == "vllm" and getattr(self.vllm_config, "mode", "dedicated") == "dedicated":
+        if self.engine_name == "vllm" and self.vllm_config.mode == "dedicated":
             from openrs_pl.rollout.dispatch import generate_on_rank_zero
 
             return generate_on_rank_zero(self.engine, prompt_ids, sampling)
@@ -153,8 +152,5 @@ class RolloutCallback(L.Callback):
         if self.engine is None:
             return
         start = time.perf_counter()
-        if force:
-            self.engine.sync_weights(pl_module.policy, force=True)
-        else:
-            self.engine.sync_weights(pl_module.policy)
+        self.engine.sync_weights(pl_module.policy, force=force)  # only the vLLM engine is ever synced
         pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
