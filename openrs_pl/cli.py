@@ -4,6 +4,7 @@ openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.ma
 openrs-pl fit --config configs/tiny_cpu.yaml --print_config
 openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
 openrs-pl export CHECKPOINT.ckpt OUT_DIR
+openrs-pl report runs/demo/grpo/version_0          # HTML page + PNGs of a run's curves, samples and cost
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ import sys
 from typing import Any
 
 from jsonargparse import set_docstring_parse_options
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from openrs_pl.completions import CompletionsTable
+from openrs_pl.console import RunConsole, StepProgressBar, quiet_third_party
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
@@ -25,8 +29,18 @@ class OpenRSCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
+        parser.add_lightning_class_args(RunConsole, "console")
+        parser.add_lightning_class_args(CompletionsTable, "completions")
         # The tokenizer is named once, by the policy.
         parser.link_arguments("model.model", "data.tokenizer")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        # Our step-counting bar replaces Lightning's default one, unless bars are off or the config names one.
+        named = config.get("callbacks") or []
+        named = [*callbacks, *(named if isinstance(named, list) else [named])]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in named):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
 
     def before_instantiate_classes(self) -> None:
         # Batch arithmetic is checked on the parsed config, before any model is loaded.
@@ -64,6 +78,11 @@ def _export(argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_third_party()
+    if argv and argv[0] == "report":
+        from openrs_pl.report import main as report_main
+
+        return report_main(argv[1:])
     if argv and argv[0] == "eval":
         from openrs_pl.eval.run import main as eval_main
 

@@ -5,7 +5,8 @@
 3. Supervised warm start, deliberately short: the model learns the ``<think>…</think>`` + ``\\boxed{}`` format
    and is right some of the time, so GRPO has signal to amplify (a random model never earns a reward).
 4. GRPO through the real ``openrs-pl fit`` path (LightningCLI, DataModule, RolloutCallback, math-verify rewards).
-5. A before/after table on the held-out problems, a reward-curve PNG and the metrics CSV in ``runs/demo``.
+5. A before/after table and three example completions on held-out problems, ``runs/demo/demo.png`` (held-out
+   accuracy, accuracy and format reward, completion length) and the run's logs (``openrs-pl report runs/demo``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from openrs_pl.console import quiet_third_party
 from openrs_pl.data.prompts import build_chat_prompt
 from openrs_pl.models.tiny import save_tiny_checkpoint
 from openrs_pl.rewards import RewardSet, RewardSpec
@@ -84,23 +86,39 @@ def warm_start(model_dir: Path, out_dir: Path, rows: list[dict], steps: int, see
     return out_dir
 
 
-def evaluate(model_dir: Path, rows: list[dict]) -> dict[str, float]:
-    """Greedy completions on held-out rows: mean accuracy and format reward, mean length in tokens."""
+def greedy_completions(model_dir: Path, rows: list[dict]) -> tuple[list[str], list[str], list[list[int]]]:
+    """Chat prompts, greedy completion texts and completion token ids for ``rows`` (at most 40 new tokens)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     engine = HFEngine(str(model_dir), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     prompts = [build_chat_prompt(tokenizer, r["problem"], None) for r in rows]
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     out = engine.generate(prompt_ids, SamplingConfig(n=1, temperature=0.0, max_tokens=40))
-    texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
+    return prompts, tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True), out.completion_ids
+
+
+def evaluate(model_dir: Path, rows: list[dict]) -> dict[str, float]:
+    """Greedy completions on held-out rows: mean accuracy and format reward, mean length in tokens."""
+    prompts, texts, ids = greedy_completions(model_dir, rows)
     result = RewardSet(EVAL_REWARDS)(texts, prompts, {"answer": [r["answer"] for r in rows]})
     return {
         "accuracy": float(result.per_func[:, 0].mean()),
         "format": float(result.per_func[:, 1].mean()),
-        "mean_length": sum(len(c) for c in out.completion_ids) / len(rows),
+        "mean_length": sum(len(c) for c in ids) / len(rows),
     }
 
 
-def plot_rewards(metrics_csv: Path, out_png: Path) -> None:
+def example_lines(model_dir: Path, rows: list[dict]) -> list[str]:
+    """One line per row: the problem, the greedy completion (newlines shown as ⏎) and whether it is right."""
+    prompts, texts, _ = greedy_completions(model_dir, rows)
+    correct = RewardSet(EVAL_REWARDS[:1])(texts, prompts, {"answer": [r["answer"] for r in rows]}).total
+    return [
+        f"  {'right' if ok else 'wrong'}  {r['problem']:<28} -> {t.strip().replace(chr(10), ' ⏎ ')[:80]}"
+        for r, t, ok in zip(rows, texts, correct.tolist(), strict=True)
+    ]
+
+
+def plot_story(metrics_csv: Path, before: dict[str, float], after: dict[str, float], out_png: Path) -> None:
+    """Four panels: held-out accuracy before/after, then the training accuracy, format and length curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,17 +126,34 @@ def plot_rewards(metrics_csv: Path, out_png: Path) -> None:
     import pandas as pd
 
     df = pd.read_csv(metrics_csv)
-    cols = [c for c in ("train/reward/mean", "train/rewards/accuracy/mean", "train/rewards/format/mean") if c in df]
-    steps = df.dropna(subset=cols[:1])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for c in cols:
-        ax.plot(steps["step"], steps[c].rolling(5, min_periods=1).mean(), label=c.removeprefix("train/"))
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("reward (5-step moving mean)")
-    ax.set_title("openrs-pl demo: GRPO on a tiny Qwen2")
-    ax.legend()
+    df = df.dropna(subset=["train/reward/mean"])
+
+    def smooth(col: str) -> pd.Series:
+        return df[col].rolling(10, min_periods=1).mean()
+
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    ax = axes[0]
+    bars = ax.bar(["before GRPO", "after GRPO"], [before["accuracy"], after["accuracy"]], color=["#999", "#2a7"])
+    ax.bar_label(bars, fmt="%.2f")
+    ax.set_ylim(0, 1)
+    ax.set_title("held-out accuracy (greedy)")
+    panels = [
+        ("train/rewards/accuracy/mean", "accuracy reward (train, sampled)", "#2a7"),
+        ("train/rewards/format/mean", "format reward (train, sampled)", "#36c"),
+        ("train/completions/mean_length", "mean completion length (tokens)", "#c63"),
+    ]
+    for ax, (col, title, color) in zip(axes[1:], panels, strict=True):
+        ax.plot(df["step"], df[col], color=color, alpha=0.25, lw=1)
+        ax.plot(df["step"], smooth(col), color=color, lw=2, label="10-step mean")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+        if "reward" in col:
+            ax.set_ylim(-0.05, 1.05)
+    axes[1].legend(loc="lower right")
+    fig.suptitle("openrs-pl demo: GRPO on a tiny Qwen2 (single-digit addition)")
     fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,6 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--grpo-steps", type=int, default=250)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    quiet_third_party()
     from openrs_pl.cli import cli_main
 
     out = Path(args.out)
@@ -141,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] warm start: {args.sft_steps} supervised steps ...", flush=True)
     sft = warm_start(base, out / "sft", train, steps=args.sft_steps, seed=args.seed)
     before = evaluate(sft, heldout)
-    print(f"[demo] before GRPO: {before}", flush=True)
+    examples = heldout[:3]
+    print(f"[demo] before GRPO: held-out accuracy {before['accuracy']:.2f}; three held-out problems:", flush=True)
+    print("\n".join(example_lines(sft, examples)), flush=True)
     cli = cli_main(
         [
             "fit",
@@ -155,8 +193,10 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     final = cli.model.export_hf(out / "grpo_final")
     after = evaluate(final, heldout)
+    print("[demo] after GRPO, the same three problems:")
+    print("\n".join(example_lines(final, examples)), flush=True)
     metrics_csv = Path(cli.trainer.logger.log_dir) / "metrics.csv"
-    plot_rewards(metrics_csv, out / "reward_curve.png")
+    plot_story(metrics_csv, before, after, out / "demo.png")
     print(f"\nHeld-out problems: {len(heldout)} (greedy decoding)")
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")
     for key in ("accuracy", "format", "mean_length"):
@@ -164,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {time.time() - t0:.0f} s"
     )
-    print(f"metrics CSV: {metrics_csv}\nreward curve: {out / 'reward_curve.png'}\npolicy (HF folder): {final}")
+    print(f"metrics CSV: {metrics_csv}\nplots: {out / 'demo.png'}\npolicy (HF folder): {final}")
+    print(f"full report: openrs-pl report {out}")
 
 
 if __name__ == "__main__":
