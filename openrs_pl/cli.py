@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> Any:
         return eval_main(argv[1:])
     if argv and argv[0] == "export":
         return _export(argv[1:])
-    return cli_main(argv)
+    cli_main(argv)  # not returned: the console script would print the CLI object and exit with status 1
+    return None
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def _cell(column: str, value: Any) -> str:
     return f"<td{cls}>{html.escape(text)}</td>"
 
 
-def main(argv: list[str] | None = None) -> Path:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="openrs-pl report", description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path, help="a run's log directory (or a folder above it)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: LOG_DIR/report)")
@@ -237,7 +237,6 @@ def main(argv: list[str] | None = None) -> Path:
     except FileNotFoundError as err:
         parser.exit(2, f"openrs-pl report: error: {err}\n")
     print(f"wrote {path} and {len(list(path.parent.glob('*.png')))} PNGs")
-    return path
 
 
 if __name__ == "__main__":
