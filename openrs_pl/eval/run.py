@@ -192,8 +192,13 @@ def generate_missing(
         engine, name = build_engine(cfg, tokenizer, max_prompt_len)
     sampling = cfg.sampling()
 
+    graded = [0, 0]  # completions graded, correct ones: the bar shows the running pass@1
+
     def grade_and_append(records: list[dict[str, Any]], bar: tqdm, problems: int) -> None:
         append_records(out_file, grade_records(records, cfg.grading_timeout_s))
+        graded[0] += len(records)
+        graded[1] += sum(bool(r["correct"]) for r in records)
+        bar.set_postfix_str(f"pass@1={graded[1] / max(graded[0], 1):.3f}", refresh=False)
         bar.update(problems)
 
     desc = "problems" if cfg.shard_index is None else f"problems (worker {cfg.shard_index})"
