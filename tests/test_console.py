@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import warnings
+from types import SimpleNamespace
 
 import pytest
 
-from openrs_pl.console import BAR_FIELDS, bar_metrics, quiet_third_party
+from openrs_pl.console import BAR_FIELDS, bar_metrics, count_gpus, quiet_third_party
 from openrs_pl.grpo.module import __doc__ as module_doc
 
 
@@ -43,3 +44,20 @@ def test_bar_fields_are_metrics_the_module_logs() -> None:
         leaf = keys[0].removeprefix("train/")
         # accuracy is logged as rewards/<name>/mean; the others are named in the module's docstring
         assert leaf.startswith("rewards/") or leaf.split("/")[-1] in documented, leaf
+
+
+def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    from openrs_pl.rollout.callback import RolloutCallback
+    from openrs_pl.rollout.vllm_engine import VLLMConfig
+
+    def trainer(accelerator: object, *callbacks: object) -> SimpleNamespace:
+        return SimpleNamespace(accelerator=accelerator, world_size=3, callbacks=list(callbacks))
+
+    # The paper's layout: three trainer GPUs + one vLLM GPU = 4 GPUs billed.
+    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(engine="vllm"))) == 4
+    colocated = RolloutCallback(engine="vllm", vllm=VLLMConfig(mode="colocate"))
+    assert count_gpus(trainer(CUDAAccelerator(), colocated)) == 3
+    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(engine="hf"))) == 3
+    assert count_gpus(trainer(CPUAccelerator(), RolloutCallback(engine="vllm"))) == 0
