@@ -125,9 +125,14 @@ def plot_panel(df: pd.DataFrame, panel: Panel, out_png: Path) -> None:
             if col.endswith("clipped_ratio"):
                 continue
             rows = df.dropna(subset=[col])
+            if panel.name == "lr":  # a schedule, not a noisy signal
+                ax.plot(rows["step"], rows[col], lw=2, label=col.removeprefix("train/"))
+                continue
             line = ax.plot(rows["step"], rows[col], alpha=0.3, lw=1)[0]
             smooth = rows[col].rolling(10, min_periods=1).mean()
-            ax.plot(rows["step"], smooth, color=line.get_color(), lw=2, label=col.removeprefix("train/"))
+            ax.plot(
+                rows["step"], smooth, color=line.get_color(), lw=2, label=col.removeprefix("train/") + " (10-step mean)"
+            )
         clipped = [c for c in panel.columns if c.endswith("clipped_ratio")]
         if clipped:
             twin = ax.twinx()
@@ -136,7 +141,6 @@ def plot_panel(df: pd.DataFrame, panel: Panel, out_png: Path) -> None:
             twin.set_ylim(0, 1.05)
             twin.set_ylabel("truncated ratio")
             twin.legend(loc="upper right", fontsize=7)
-    ax.set_title(panel.title, fontsize=10)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(panel.ylabel)
     ax.legend(loc="upper left", fontsize=7)
