@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from openrs_pl.console import quiet_third_party
 from openrs_pl.data.prompts import build_chat_prompt
 from openrs_pl.models.tiny import save_tiny_checkpoint
+from openrs_pl.report import write_report
 from openrs_pl.rewards import RewardSet, RewardSpec
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {time.time() - t0:.0f} s"
     )
     print(f"metrics CSV: {metrics_csv}\nplots: {out / 'demo.png'}\npolicy (HF folder): {final}")
-    print(f"full report: openrs-pl report {out}")
+    print(f"report (all curves, sample completions, config, cost): {write_report(out)}")
 
 
 if __name__ == "__main__":

@@ -29,5 +29,6 @@ def test_short_demo_is_quiet_and_tells_the_story(tmp_path: Path) -> None:
     assert console.count("right  ") + console.count("wrong  ") == 6  # 3 examples before and 3 after
     assert "openrs-pl fit" in console and "batch / step    1 ranks x 16 prompts x 6 completions = 96" in console
     assert "| accuracy " in console and "done: 3 steps in" in console
+    assert "total reward" in (tmp_path / "grpo" / "version_0" / "report" / "index.html").read_text()
     png = (tmp_path / "demo.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24])[0] > 800
