@@ -99,7 +99,8 @@ class CompletionsTable(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step  # already counts the step that just ran
-        if self.every_n_steps == 0 or step % self.every_n_steps != 0 and step != 1 or not trainer.is_global_zero:
+        due = self.every_n_steps > 0 and (step == 1 or step % self.every_n_steps == 0)
+        if not due or not trainer.is_global_zero:
             return
         rollout = batch.get("rollout") if isinstance(batch, dict) else None
         if rollout is None:
