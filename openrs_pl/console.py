@@ -131,7 +131,7 @@ class RunConsole(L.Callback):
         self._start = 0.0
         self._last_step_end = 0.0
         self._start_step = 0
-        self._first: dict[str, str] = {}
+        self._history: list[dict[str, float]] = []  # the bar's metrics at every step, for the end summary
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
@@ -164,8 +164,8 @@ class RunConsole(L.Callback):
         pl_module.log("train/time/step", now - self._last_step_end, on_step=True, on_epoch=False)
         pl_module.log("train/time/elapsed", now - self._start, on_step=True, on_epoch=False)
         self._last_step_end = now
-        if not self._first:
-            self._first = bar_metrics(trainer.callback_metrics)
+        keys = {k for keys in BAR_FIELDS.values() for k in keys}
+        self._history.append({k: float(v) for k, v in trainer.callback_metrics.items() if k in keys})
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -177,7 +177,8 @@ class RunConsole(L.Callback):
             elapsed_s=time.perf_counter() - self._start,
             usd_per_gpu_hour=self.usd_per_gpu_hour,
         )
-        print("\n".join(end_lines(trainer, self._first, bar_metrics(trainer.callback_metrics), cost)), flush=True)
+        first, last = window_means(self._history[:10]), window_means(self._history[-10:])
+        print("\n".join(end_lines(trainer, bar_metrics(first), bar_metrics(last), cost)), flush=True)
 
 
 def startup_lines(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]:
@@ -203,12 +204,22 @@ def startup_lines(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]
     return ["openrs-pl fit"] + [f"  {k:<15} {v}" for k, v in rows]
 
 
+def window_means(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per metric, the mean over the rows that have it.
+
+    >>> window_means([{"a": 1.0}, {"a": 2.0, "b": 4.0}])
+    {'a': 1.5, 'b': 4.0}
+    """
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
+
+
 def end_lines(trainer: L.Trainer, first: dict[str, str], last: dict[str, str], cost: RunCost) -> list[str]:
-    """The end summary: steps and time, the bar's fields at the first and the last step, cost, where to look."""
+    """The end summary: steps and time, the bar's fields over the first and last 10 steps, cost, where to look."""
     per_step = cost.elapsed_s / cost.steps_done if cost.steps_done else 0.0
     lines = [
         f"done: {trainer.global_step} steps in {cost.elapsed_s:.0f} s ({per_step:.2f} s/step)",
-        "  " + "  ".join(f"{k} {first.get(k, '-')} -> {v}" for k, v in last.items()),
+        "  first 10 -> last 10 steps: " + "  ".join(f"{k} {first.get(k, '-')} -> {v}" for k, v in last.items()),
     ]
     lines += ["  " + line for line in cost.lines()]
     ckpt = trainer.checkpoint_callback
