@@ -31,6 +31,11 @@ completions: {{every_n_steps: 2, max_rows: 12}}
 """
 
 
+def worktree_env() -> dict[str, str]:
+    """The console script imports this checkout's openrs_pl, whatever the venv's install points to."""
+    return {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
 def write_problems(path: Path, n: int = 16) -> Path:
     rows = [{"problem": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(n)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -44,7 +49,7 @@ THIRD_PARTY_NOISE = ("Tip:", "LeafSpec", "Loading weights", "manual optimization
 def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("watched")
     (out / "loggers.yaml").write_text(LOGGERS.format(out=out))
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", "PYTHONPATH": str(Path.cwd())}
+    env = {**worktree_env(), "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     proc = subprocess.run(
         [
             OPENRS_PL, "fit", "--config", "configs/tiny_cpu.yaml", "--config", str(out / "loggers.yaml"),
@@ -165,7 +170,7 @@ def test_report_on_the_run(watched_run: tuple[Path, str]) -> None:
     log_dir = out / "csv" / "version_0"
     proc = subprocess.run(
         [OPENRS_PL, "report", str(out), "--gpus", "4", "--usd-per-gpu-hour", "0.4375"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env=worktree_env(),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     page = (log_dir / "report" / "index.html").read_text()
@@ -190,5 +195,7 @@ def test_report_on_the_run(watched_run: tuple[Path, str]) -> None:
 
 
 def test_report_on_a_folder_without_a_run(tmp_path: Path) -> None:
-    proc = subprocess.run([OPENRS_PL, "report", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [OPENRS_PL, "report", str(tmp_path)], capture_output=True, text=True, timeout=120, env=worktree_env()
+    )
     assert proc.returncode == 2 and "no metrics.csv" in proc.stderr
