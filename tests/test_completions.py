@@ -45,3 +45,10 @@ def test_jsonl_and_csv_append_across_steps(tmp_path: Path) -> None:
         table = list(csv.DictReader(f))
     assert [r["step"] for r in table] == ["1", "1", "11", "11"]  # one header, then every row
     assert table[1]["completion"] == "3, with a comma" and table[1]["truncated"] == "True"
+
+
+def test_bad_settings_are_rejected() -> None:
+    from openrs_pl.completions import CompletionsTable
+
+    with pytest.raises(ValueError, match="every_n_steps must be >= 0"):
+        CompletionsTable(every_n_steps=-1)

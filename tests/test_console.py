@@ -61,3 +61,10 @@ def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
     assert count_gpus(trainer(CUDAAccelerator(), colocated)) == 3
     assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(engine="hf"))) == 3
     assert count_gpus(trainer(CPUAccelerator(), RolloutCallback(engine="vllm"))) == 0
+
+
+def test_negative_price_is_rejected() -> None:
+    from openrs_pl.console import RunConsole
+
+    with pytest.raises(ValueError, match="usd_per_gpu_hour must be >= 0"):
+        RunConsole(usd_per_gpu_hour=-0.5)
