@@ -21,20 +21,23 @@ from openrs_pl.rollout.callback import RolloutCallback
 
 
 class OpenRSCLI(LightningCLI):
-    """LightningCLI with the rollout callback as a top-level ``rollout:`` group and shared values linked."""
+    """LightningCLI with the rollout callback as a top-level ``rollout:`` group and shared values linked.
+
+    Each setting is named once: the model path by ``model.name_or_path`` (the DataModule's tokenizer follows it),
+    the sampling temperature and length limit by ``rollout.*`` (the module scores log-probs with them).
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
-        # The tokenizer is named once, by the policy.
-        parser.link_arguments("model.model", "data.tokenizer")
+        parser.link_arguments("model.name_or_path", "data.tokenizer")
+        parser.link_arguments("rollout.temperature", "model.temperature")
+        parser.link_arguments("rollout.max_completion_length", "model.max_completion_length")
 
     def before_instantiate_classes(self) -> None:
-        # Batch arithmetic is checked on the parsed config, before any model is loaded.
+        # Batch arithmetic is checked on the parsed config, before anything is built or loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        grpo = config.model.grpo
-        if grpo is not None:
-            fields = {k: v for k, v in vars(grpo).items() if not k.startswith("_")}
-            GRPOConfig(**fields).check_batch(config.data.prompts_per_step)
+        fields = {k: v for k, v in vars(config.model.grpo).items() if not k.startswith("_")}
+        GRPOConfig(**fields).check_batch(config.data.prompts_per_step * config.rollout.num_generations)
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> OpenRSCLI:

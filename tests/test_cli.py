@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -40,16 +41,67 @@ def parse(args: list[str]) -> ParseOnlyCLI:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_parses(config: Path) -> None:
     cli = parse(["--config", str(config)])
-    assert cli.config.model.rewards, "a recipe needs rewards"
-    assert cli.config.data.tokenizer == cli.config.model.model  # linked, named once
+    assert cli.config.rollout.rewards, "a recipe needs rewards"
+    # Named once, linked to the side that also needs them.
+    assert cli.config.data.tokenizer == cli.config.model.name_or_path
+    assert cli.config.model.temperature == cli.config.rollout.temperature
+    assert cli.config.model.max_completion_length == cli.config.rollout.max_completion_length
+
+
+def test_linked_values_follow_the_rollout_group() -> None:
+    cfg = parse(["--config", "configs/tiny_cpu.yaml", "--rollout.temperature", "0.9"]).config
+    assert (cfg.model.temperature, cfg.model.max_completion_length) == (0.9, 40)
+    with pytest.raises(SystemExit):  # a linked target is not a setting of its own
+        parse(["--config", "configs/tiny_cpu.yaml", "--model.temperature", "0.9"])
+
+
+def test_fit_help_documents_every_field() -> None:
+    """`openrs-pl fit --help` (the installed console script) lists every config field with its docstring."""
+    import subprocess
+    from dataclasses import fields
+
+    from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+    from openrs_pl.rollout.vllm_engine import VLLMConfig
+
+    script = str(Path(sys.executable).with_name("openrs-pl"))  # the installed console script
+    out = subprocess.run([script, "fit", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())  # argparse wraps lines
+    for group, cls in (("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig)):
+        for f in fields(cls):
+            assert f"--{group}.{f.name} " in text, f"--{group}.{f.name} missing from fit --help"
+    rollout_args = ["rewards", "num_generations", "temperature", "top_p", "top_k", "max_completion_length"]
+    for name in [*rollout_args, "scale_rewards", "engine", "hf_batch_size", "seed"]:
+        assert f"--rollout.{name} " in text, name
+    # Field docstrings, not just names.
+    assert "KL coefficient against the frozen reference (k3 estimator)." in text
+    assert "Floor of the cosine decay, as a fraction of lr" in text
+    assert "completions sampled per prompt (the group size G, at least 2)" in text
+
+
+def test_bad_data_fails_before_any_model_loads(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before the data was checked")
+
+    monkeypatch.setattr("openrs_pl.grpo.module.AutoModelForCausalLM.from_pretrained", no_loading)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')  # no `problem` column
+    with pytest.raises(ValueError, match="problem"):
+        cli_main(
+            [
+                "fit", "--config", "configs/tiny_cpu.yaml", "--model.name_or_path", str(tiny_model_dir),
+                "--data.source", str(bad), "--trainer.default_root_dir", str(tmp_path),
+                "--trainer.logger", "false", "--trainer.callbacks", "[]",
+            ]
+        )  # fmt: skip
 
 
 def test_recipe_batch_arithmetic() -> None:
     cfg = parse(["--config", "configs/openrs_exp2.yaml"]).config
     ranks = len(cfg.trainer.devices)
-    completions = ranks * cfg.data.prompts_per_step * cfg.model.grpo.num_generations
-    assert (ranks, completions, completions // cfg.model.grpo.num_generations) == (3, 72, 12)
-    assert cfg.data.prompts_per_step * cfg.model.grpo.num_generations // cfg.model.grpo.micro_batch_size == 4
+    completions = ranks * cfg.data.prompts_per_step * cfg.rollout.num_generations
+    assert (ranks, completions, completions // cfg.rollout.num_generations) == (3, 72, 12)
+    assert cfg.data.prompts_per_step * cfg.rollout.num_generations // cfg.model.grpo.micro_batch_size == 4
     assert cfg.trainer.strategy == "deepspeed_stage_2" and cfg.rollout.engine == "vllm"
 
 
@@ -68,6 +120,8 @@ def test_typo_in_a_key_names_it(tmp_path: Path) -> None:
 def test_indivisible_batch_is_rejected_before_loading(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not divisible"):
         parse(["--config", "configs/tiny_cpu.yaml", "--model.grpo.micro_batch_size", "7"])
+    with pytest.raises(ValueError, match="not divisible"):  # G is the rollout's: 16 prompts x 5 = 80, not 48k
+        parse(["--config", "configs/tiny_cpu.yaml", "--rollout.num_generations", "5"])
 
 
 def write_problems(path: Path, n: int = 16) -> Path:
@@ -82,10 +136,10 @@ def test_short_fit_logs_every_metric(tiny_model_dir: Path, tmp_path: Path) -> No
     cli = cli_main(
         [
             "fit", "--config", "configs/tiny_cpu.yaml",
-            "--model.model", str(tiny_model_dir), "--data.source", str(data),
+            "--model.name_or_path", str(tiny_model_dir), "--data.source", str(data),
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path),
-            "--model.generation.max_completion_length", "12", "--data.prompts_per_step", "2",
+            "--rollout.max_completion_length", "12", "--data.prompts_per_step", "2",
             "--model.grpo.micro_batch_size", "6",
         ]
     )  # fmt: skip
@@ -104,9 +158,9 @@ def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert n == 1, "tiny_cpu.yaml should have one ModelCheckpoint with every_n_train_steps"
     config.write_text(text)
     common = [
-        "fit", "--config", str(config), "--model.model", str(tiny_model_dir),
+        "fit", "--config", str(config), "--model.name_or_path", str(tiny_model_dir),
         "--data.source", str(write_problems(tmp_path / "train.jsonl")), "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--model.generation.max_completion_length", "8",
+        "--trainer.logger.init_args.save_dir", str(tmp_path), "--rollout.max_completion_length", "8",
         "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "12",
     ]  # fmt: skip
     first = cli_main([*common, "--trainer.max_steps", "2"])

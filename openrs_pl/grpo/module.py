@@ -1,17 +1,20 @@
-"""The GRPO LightningModule: policy, frozen reference, reward set and the loss, orchestrated.
+"""The GRPO LightningModule: policy, frozen reference and the loss, orchestrated.
 
-One ``training_step`` consumes one generation batch (the rank's ``prompts_per_step`` prompts x G completions,
-put into ``batch["rollout"]`` by :class:`~openrs_pl.rollout.callback.RolloutCallback`), cuts it into
-micro-batches of ``grpo.micro_batch_size`` completions, and takes ``grpo.num_iterations`` optimizer steps on it
-(manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step). All math is
-in :mod:`openrs_pl.grpo.loss`; this class only wires models, data and logging together.
+One ``training_step`` consumes one generation batch: the rank's ``prompts_per_step`` prompts x G completions as a
+:class:`~openrs_pl.rollout.types.RolloutBatch`, attached to the batch by
+:class:`~openrs_pl.rollout.callback.RolloutCallback` (which owns sampling, rewards and advantages). It cuts the
+rollout into micro-batches of ``grpo.micro_batch_size`` completions and takes ``grpo.num_iterations`` optimizer
+steps on it (manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step).
+Log-probs are in :mod:`openrs_pl.grpo.logprobs`, all loss math in :mod:`openrs_pl.grpo.loss`; this class only
+wires models, data and logging together. The weights load in :meth:`configure_model`, after the config and the
+data have been checked.
 
-Logged metrics (``train/`` prefix; names are stable):
-``loss``, ``policy_loss``, ``kl``, ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``,
-``reward``, ``reward_std``, ``rewards/<name>/mean``, ``rewards/<name>/std``, ``frac_reward_zero_std``,
-``completions/mean_length``, ``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio``
-(fraction truncated at the length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine
-reports log-probs), ``time/generation``, ``time/sync``.
+Logged metrics (``train/`` prefix; names are stable): ``loss``, ``policy_loss``, ``kl``, ``clip_ratio``,
+``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``, ``completions/mean_length``,
+``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio`` (fraction truncated at the
+length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine reports log-probs). The
+rollout callback adds ``reward/mean``, ``reward/std``, ``rewards/<name>/mean``, ``rewards/<name>/std``,
+``frac_reward_zero_std``, ``time/generation`` and ``time/sync``.
 """
 
 from __future__ import annotations
@@ -27,10 +30,10 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
-from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
-from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
-from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
-from openrs_pl.rollout.types import RolloutBatch
+from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+from openrs_pl.grpo.logprobs import completion_logprobs
+from openrs_pl.grpo.loss import LossOutput, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.rollout.types import RolloutBatch, rollout_from
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -41,11 +44,13 @@ class GRPOModule(L.LightningModule):
     """GRPO fine-tuning of a causal LM.
 
     Args:
-        model: HF path or hub id of the policy (the reference model starts from the same weights).
-        rewards: reward functions with weights (recipe: format 1.0 + accuracy or cosine 2.0).
-        grpo: the objective and batch layout.
-        generation: sampling settings shared by the rollout engine and the log-prob computation.
+        name_or_path: local HF folder or hub id of the policy (the reference model starts from the same weights).
+        grpo: the objective and micro-batch layout.
         optim: optimizer and learning-rate schedule.
+        temperature: log-probs are scored at the sampling temperature (the CLI links it from
+            ``rollout.temperature``).
+        max_completion_length: the sampling length limit, dr_grpo's constant denominator (the CLI links it from
+            ``rollout.max_completion_length``).
         gradient_checkpointing: recompute activations in backward to save memory (recipe: on).
         torch_dtype: dtype the weights are loaded in (recipe: bfloat16).
         attn_implementation: e.g. "flash_attention_2" on GPU (recipe); None = transformers' default.
@@ -53,53 +58,67 @@ class GRPOModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str,
-        rewards: list[RewardSpec],
-        grpo: GRPOConfig | None = None,
-        generation: GenerationConfig | None = None,
-        optim: OptimConfig | None = None,
+        name_or_path: str,
+        grpo: GRPOConfig = GRPOConfig(),
+        optim: OptimConfig = OptimConfig(),
+        temperature: float = 0.7,
+        max_completion_length: int = 3584,
         gradient_checkpointing: bool = False,
         torch_dtype: DType = "auto",
         attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
-        self.grpo = grpo or GRPOConfig()
-        self.generation = generation or GenerationConfig()
-        self.optim = optim or OptimConfig()
-        # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
-        if not rewards:
-            raise ValueError("model.rewards is empty: GRPO needs at least one reward function")
-        validate_reward_specs(rewards)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
+        _check_model_source(name_or_path)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model_name = model
-        _check_model_source(model)
-        self.reward_set = RewardSet(rewards)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.policy = _load_causal_lm(model, torch_dtype, attn_implementation)
-        if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.policy.config.use_cache = False
+        self.grpo = grpo
+        self.optim = optim
+        self.temperature = temperature
+        self.max_completion_length = max_completion_length
+        self._name_or_path = name_or_path
+        self._load_kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "attn_implementation": attn_implementation}
+        self._gradient_checkpointing = gradient_checkpointing
         # A plain list keeps the reference out of the module tree: it is never trained, never in state_dict()
         # (so not checkpointed twice) and never wrapped by the strategy.
         self._reference: list[nn.Module] = []
+
+    def configure_model(self) -> None:
+        """Load tokenizer, policy and (with ``beta > 0``) the frozen reference; called once, after setup()."""
+        if hasattr(self, "policy"):
+            return
+        self.tokenizer = AutoTokenizer.from_pretrained(self._name_or_path)
+        policy = _load_causal_lm(self._name_or_path, **self._load_kwargs)
+        if self._gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            policy.config.use_cache = False
+        self.policy = policy
         if self.grpo.beta > 0:
-            ref = _load_causal_lm(model, torch_dtype, attn_implementation).eval().requires_grad_(False)
+            ref = _load_causal_lm(self._name_or_path, **self._load_kwargs).eval().requires_grad_(False)
             self._reference.append(ref)
+
+    # ------------------------------------------------------------------------ PolicySource (the rollout's view)
+    # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from configure_model on.
+    policy: nn.Module
+    tokenizer: Any
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
 
     @property
     def reference(self) -> nn.Module | None:
         return self._reference[0] if self._reference else None
 
-    @property
-    def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
-
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "prompts_per_step"):
-            self.grpo.check_batch(datamodule.prompts_per_step)
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
         # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
         if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
@@ -114,9 +133,8 @@ class GRPOModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        rollout: RolloutBatch | None = batch.get("rollout")
-        if rollout is None:
-            raise RuntimeError("batch has no 'rollout': add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
+        rollout = rollout_from(batch)
+        self.grpo.check_batch(rollout.num_completions)
         rollout = self._score_logprobs(rollout.to(self.device))
         num_active_tokens = self._global_active_tokens(rollout)
         losses = []
@@ -143,7 +161,7 @@ class GRPOModule(L.LightningModule):
             input_ids,
             attention_mask,
             completion_len=rollout.completion_ids.shape[1],
-            temperature=self.generation.temperature,
+            temperature=self.temperature,
             chunk_size=self.grpo.logprob_chunk_size,
         )  # [N, L]
 
@@ -190,7 +208,7 @@ class GRPOModule(L.LightningModule):
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
-    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> Any:
+    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> LossOutput:
         logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
         is_weights = None
         if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None:
@@ -205,7 +223,7 @@ class GRPOModule(L.LightningModule):
             beta=self.grpo.beta,
             epsilon=self.grpo.epsilon,
             epsilon_high=self.grpo.epsilon_high,
-            max_completion_length=self.generation.max_completion_length,
+            max_completion_length=self.max_completion_length,
             num_active_tokens=num_active_tokens,
             truncated=mb.truncated,
             mask_truncated_completions=self.grpo.mask_truncated_completions,

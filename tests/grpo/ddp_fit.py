@@ -52,13 +52,13 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def main(model_dir: str, data: str, out: str) -> None:
     args = [
-        "--config", "configs/tiny_cpu.yaml", "--model.model", model_dir, "--data.source", data,
+        "--config", "configs/tiny_cpu.yaml", "--model.name_or_path", model_dir, "--data.source", data,
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
         "--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out,
-        "--trainer.enable_progress_bar", "false", "--model.generation.max_completion_length", "8",
+        "--trainer.enable_progress_bar", "false", "--rollout.max_completion_length", "8",
         "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "6", "--model.optim.lr", "1e-3",
         # Length-dependent scores for wrong answers: non-zero advantages even for a random model.
-        "--model.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
+        "--rollout.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
     ]  # fmt: skip
     cli = cli_main(args, run=False)
     cli.trainer.callbacks.append(Recorder(Path(out)))

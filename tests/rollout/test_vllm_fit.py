@@ -31,17 +31,17 @@ def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bo
     cli = cli_main(
         [
             "fit", "--config", "configs/tiny_cpu.yaml",
-            "--model.model", str(tiny_model_dir), "--data.source", str(data),
+            "--model.name_or_path", str(tiny_model_dir), "--data.source", str(data),
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_checkpointing", "false",
-            "--trainer.callbacks", "[]", "--model.generation.max_completion_length", "16",
+            "--trainer.callbacks", "[]", "--rollout.max_completion_length", "16",
             "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "12", "--model.optim.lr", "1e-3",
             "--rollout.engine", "vllm", "--rollout.vllm.mode", "dedicated", "--rollout.vllm.device", "cpu",
             "--rollout.vllm.dtype", "float32", "--rollout.vllm.max_model_len", "256",
             "--rollout.vllm.kv_cache_memory_bytes", "268435456",
             # A random model is never right; cosine still scores wrong answers by length, so advantages are
             # non-zero and the policy really moves between steps.
-            "--model.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
+            "--rollout.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
         ]
     )  # fmt: skip
     assert cli.trainer.global_step == 3
