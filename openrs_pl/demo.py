@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     final = cli.model.export_hf(out / "grpo_final")
     after = evaluate(final, heldout)
-    metrics_csv = Path(cli.trainer.logger.log_dir) / "metrics.csv"
+    metrics_csv = Path(str(cli.trainer.logger.log_dir)) / "metrics.csv"
     plot_rewards(metrics_csv, out / "reward_curve.png")
     print(f"\nHeld-out problems: {len(heldout)} (greedy decoding)")
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")

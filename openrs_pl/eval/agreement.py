@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from openrs_pl.rewards.grading import Verdict, grade_batch
+from openrs_pl.rewards.grading import GoldMode, Verdict, grade_batch
 
 # Benchmark names in the completion files -> the gold mode our evaluation uses for them (research note §4).
-GOLD_MODES: dict[str, str] = {
+GOLD_MODES: dict[str, GoldMode] = {
     "aime24": "expr",
     "amc23": "expr",
     "math500": "latex",
@@ -49,7 +49,7 @@ def grade_rows(rows: Sequence[dict[str, Any]], timeout_s: float = 5.0, batch: in
     out: list[Verdict] = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        by_mode: dict[str, list[int]] = {}
+        by_mode: dict[GoldMode, list[int]] = {}
         for i, row in enumerate(part):
             by_mode.setdefault(GOLD_MODES[row["benchmark"]], []).append(i)
         graded: dict[int, Verdict] = {}

@@ -7,9 +7,10 @@ second ``[B, L, V]`` tensor. The loss itself (:mod:`openrs_pl.grpo.loss`) only s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
@@ -23,7 +24,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: FunctionCtx, logits: Tensor, index: Tensor, temperature: float) -> Tensor:
+    def forward(ctx: Any, logits: Tensor, index: Tensor, temperature: float) -> Tensor:
         compute_dtype = torch.promote_types(logits.dtype, torch.float32)
         logsumexp = torch.empty(index.shape, dtype=compute_dtype, device=logits.device)  # [B, L]
         selected = torch.empty_like(logsumexp)  # [B, L]
@@ -36,7 +37,7 @@ class _SelectiveLogSoftmax(torch.autograd.Function):
         return selected - logsumexp  # [B, L]
 
     @staticmethod
-    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor, None, None]:
         logits, index, logsumexp = ctx.saved_tensors
         grad_logits = torch.empty_like(logits)  # [B, L, V]
         for row in range(logits.size(0)):

@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -122,7 +123,7 @@ class GRPOModule(L.LightningModule):
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
         # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
         if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
-            self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)
+            self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)  # type: ignore[attr-defined]
 
     def on_fit_start(self) -> None:
         # from_pretrained returns eval mode and Lightning leaves submodules as they are: train the policy in
@@ -211,7 +212,7 @@ class GRPOModule(L.LightningModule):
     def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> LossOutput:
         logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
         is_weights = None
-        if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None:
+        if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None and mb.old_logprobs is not None:
             is_weights = truncated_is_weights(mb.old_logprobs, mb.sampler_logprobs, cap=self.grpo.tis_cap)
         return grpo_loss(
             logprobs,
@@ -233,8 +234,8 @@ class GRPOModule(L.LightningModule):
     def _clip_gradients(self, opt: Any) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
             return None
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
@@ -252,7 +253,7 @@ class GRPOModule(L.LightningModule):
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
 
     # ------------------------------------------------------------------------------------------- optimisers
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         o = self.optim
         optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay

@@ -124,7 +124,7 @@ class ValidationPassAtK(L.Callback):
 
     def _generator(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Generate:
         """The rollout callback's generation path if there is one, else ``generate`` on the policy itself."""
-        for callback in trainer.callbacks:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, RolloutCallback) and (callback.engine is not None or trainer.world_size > 1):
                 # Its dispatcher also covers the dedicated vLLM mode, where only rank 0 holds an engine.
                 return lambda prompt_ids, sampling: callback.generate(trainer, prompt_ids, sampling)

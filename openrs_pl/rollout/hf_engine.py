@@ -8,6 +8,7 @@ KV cache, no continuous batching), but exact: its samples come from the current 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ class HFEngine:
     def for_policy(cls, source: PolicySource, batch_size: int | None = None) -> HFEngine:
         """An engine that samples from a trainer's policy, with its tokenizer's EOS and padding ids."""
         return cls(
-            source.policy,
+            cast(PreTrainedModel, source.policy),
             eos_token_id=source.tokenizer.eos_token_id,
             pad_token_id=source.pad_token_id,
             batch_size=batch_size,

@@ -217,7 +217,7 @@ def to_generation_output(outputs: list[RequestOutput], repeat: int = 1) -> Gener
             finished.append(sample.finish_reason == "stop")
             # With logprobs=0 vLLM returns one {token_id: Logprob} dict per generated token, holding the sampled one.
             assert sample.logprobs is not None, "requested logprobs=0 but vLLM returned none"
-            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)])
+            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)])  # type: ignore[index]
     return GenerationOutput(completion_ids=completion_ids, finished=finished, logprobs=logprobs)
 
 
@@ -265,7 +265,7 @@ class VLLMEngine:
             with _as_single_process():
                 self.llm = LLM(
                     model=str(model),
-                    dtype=self.config.dtype,
+                    dtype=self.config.dtype,  # type: ignore[arg-type]
                     gpu_memory_utilization=self.config.gpu_memory_utilization,
                     kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
                     max_model_len=self.config.max_model_len,
@@ -298,7 +298,7 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's log-prob only
             detokenize=False,  # the rollout decodes with its own tokenizer
         )
-        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]  # type: ignore[typeddict-item]
         self.wake_up()
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return to_generation_output(outputs, repeat=greedy_repeat)

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.metrics.validation import ValidationPassAtK
+from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
 
 
@@ -25,6 +26,8 @@ class TinyPolicyModule(L.LightningModule):
         super().__init__()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.policy = AutoModelForCausalLM.from_pretrained(model_dir)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        self.name_or_path = str(model_dir)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self.policy.model.embed_tokens.weight.sum() * 0.0 + batch.sum() * 0.0
@@ -36,14 +39,21 @@ class TinyPolicyModule(L.LightningModule):
         return torch.utils.data.DataLoader(torch.zeros(16, 1), batch_size=1)
 
 
+def policy_stub(tokenizer) -> SimpleNamespace:
+    """The rollout side's view of a module (PolicySource), without a model: the scripted engine needs none."""
+    return SimpleNamespace(
+        policy=None, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id, name_or_path="", device="cpu"
+    )
+
+
 def test_pass_at_1_through_the_rollout_engine(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     benches = ["aime24", "amc23"]
     callback = ValidationPassAtK(benchmarks=benches, num_problems=3, samples=4, max_tokens=64)
-    rollout = RolloutCallback(engine="hf")
+    rollout = RolloutCallback(rewards=[RewardSpec("format")], engine="hf")
     rollout.engine = ScriptedEngine(tokenizer, {r["problem"]: r["answer"] for b in benches for r in load_benchmark(b)})
     trainer = SimpleNamespace(global_step=7, global_rank=0, world_size=1, callbacks=[callback, rollout])
-    module = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"))
+    module = policy_stub(tokenizer)
     scores = callback.evaluate(trainer, module)  # type: ignore[arg-type]
     # The engine answers 1 of 4 samples right on every problem: pass@1 is exactly 1/4 everywhere.
     assert {k: round(v.item(), 6) for k, v in scores.items()} == {
@@ -60,11 +70,11 @@ def test_rank_slices_cover_each_problem_once(tiny_model_dir: Path) -> None:
     asked = []
     for rank in range(2):
         engine = ScriptedEngine(tokenizer, {r["problem"]: r["answer"] for r in load_benchmark("aime24")})
-        rollout = RolloutCallback(engine="hf")
+        rollout = RolloutCallback(rewards=[RewardSpec("format")], engine="hf")
         rollout.engine = engine
         # No process group is initialised, so the metric does not gather: each rank's own slice is scored.
         trainer = SimpleNamespace(global_step=1, global_rank=rank, world_size=2, callbacks=[rollout])
-        module = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"))
+        module = policy_stub(tokenizer)
         callback.evaluate(trainer, module)  # type: ignore[arg-type]
         asked.append({p for p in engine.problems if any(p in tokenizer.decode(ids) for ids in engine.prompts)})
     assert [len(a) for a in asked] == [3, 2]
