@@ -39,7 +39,7 @@ from typing import Any
 
 SIDES = ("ours", "trl")
 
-# The two shapes of /work/shared/research/trl-cpu-profile.md (the TRL anchor measurement).
+# The two model shapes of the TRL-only CPU profile that docs/benchmarks.md compares against.
 MODEL_SHAPES: dict[str, dict[str, int]] = {
     "A": dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=256),
     "B": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=2, intermediate_size=2048),

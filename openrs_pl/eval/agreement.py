@@ -1,6 +1,6 @@
 """Agreement of our grader with another evaluator's verdicts on real model completions.
 
-The rows (``shared/data/completions/*.jsonl``) carry a completion, its gold answer and the verdict of the harness
+The rows (JSONL files of real model completions, one per benchmark) carry a completion, its gold answer and the verdict of the harness
 that produced it (Qwen2.5-Math's ``math_equal``). We grade each row as ``openrs-pl eval`` does (lighteval's parse,
 the benchmark's gold mode) and count where the two verdicts agree; the disagreements are what ``docs/grading.md``
 classifies.
@@ -16,7 +16,7 @@ from typing import Any
 
 from openrs_pl.rewards.grading import GoldMode, Verdict, grade_batch
 
-# Benchmark names in the completion files -> the gold mode our evaluation uses for them (research note §4).
+# Benchmark names in the completion files -> the gold mode our evaluation uses for them (as lighteval).
 GOLD_MODES: dict[str, GoldMode] = {
     "aime24": "expr",
     "amc23": "expr",

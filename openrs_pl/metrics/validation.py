@@ -72,8 +72,9 @@ class ValidationPassAtK(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        # Micro-batches of one optimizer step share global_step: check once per step.
-        if step == 0 or step % self.every_n_steps != 0 or step == self._last_step:
+        # global_step advances by num_iterations per generation batch, so it may jump over a multiple of
+        # every_n_steps: check at the first batch at or past each multiple, once.
+        if step == 0 or step // self.every_n_steps <= max(self._last_step, 0) // self.every_n_steps:
             return
         scores = self.evaluate(trainer, pl_module)
         for name, value in scores.items():

@@ -67,8 +67,9 @@ _STARTUP_HINTS: tuple[tuple[str, str], ...] = (
     ),
     (
         r"out of memory|OutOfMemory|No available memory|not enough (KV )?cache|KV cache is needed|larger than the",
-        "the engine does not fit: lower `rollout.gpu_memory_utilization` or `max_model_len`, free the device "
-        "(dedicated mode: give vLLM a GPU the trainer does not use), or enable sleep mode in colocate mode",
+        "the engine does not fit: lower `rollout.vllm.gpu_memory_utilization` or `rollout.vllm.max_model_len`, "
+        "free the device (dedicated mode: give vLLM a GPU the trainer does not use), or enable sleep mode in "
+        "colocate mode",
     ),
     (
         r"No such file|does not exist|not found|Can't load|Repo id|does not appear to have|Incorrect path|"
@@ -124,7 +125,7 @@ class VLLMConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("dedicated", "colocate"):
-            raise ValueError(f"rollout.mode must be 'dedicated' or 'colocate', got {self.mode!r}")
+            raise ValueError(f"rollout.vllm.mode must be 'dedicated' or 'colocate', got {self.mode!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len < 1:

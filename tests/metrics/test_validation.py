@@ -104,3 +104,20 @@ def test_logs_on_schedule_during_fit(tiny_model_dir: Path, tmp_path: Path) -> No
             values = [float(r["val/pass@1/aime24"]), float(r["val/pass@1/amc23"])]
             assert float(r["val/pass@1/avg"]) == pytest.approx(sum(values) / 2)
     assert "val/pass@1/avg" in trainer.callback_metrics
+
+
+def test_checks_when_global_step_jumps_over_a_multiple() -> None:
+    """num_iterations = 3 advances global_step by 3 per batch: checks at 6, 12, 15 (first steps at/past 5, 10, 15)."""
+    callback = ValidationPassAtK(benchmarks=["aime24"], num_problems=1, every_n_steps=5)
+    checked = []
+
+    def fake_evaluate(trainer, pl_module):
+        callback._last_step = trainer.global_step
+        checked.append(trainer.global_step)
+        return {}
+
+    callback.evaluate = fake_evaluate  # type: ignore[method-assign]
+    callback._write_to_loggers = lambda trainer, scores: None  # type: ignore[method-assign]
+    for step in range(0, 16, 3):
+        callback.on_train_batch_start(SimpleNamespace(global_step=step), None, None, 0)  # type: ignore[arg-type]
+    assert checked == [6, 12, 15]
