@@ -220,7 +220,7 @@ class GRPOModule(L.LightningModule):
             mb.ref_logprobs,
             mb.advantages,
             mb.completion_mask,
-            loss_type="bnpo",
+            loss_type=self.grpo.loss_type,
             beta=self.grpo.beta,
             epsilon=self.grpo.epsilon,
             epsilon_high=self.grpo.epsilon_high,
