@@ -150,6 +150,31 @@ def test_short_fit_logs_every_metric(tiny_model_dir: Path, tmp_path: Path) -> No
     assert metrics["train/completions/max_length"].max() <= 12
     assert (Path(cli.trainer.log_dir) / "config.yaml").exists()
 
+    def col(name: str) -> list[float]:
+        return metrics[name].dropna().tolist()
+
+    # Values, not just names. The total reward is the weighted sum of the logged per-function means
+    # (tiny_cpu.yaml: format x 1.0 + accuracy x 2.0).
+    format_mean, accuracy_mean = col("train/rewards/format/mean"), col("train/rewards/accuracy/mean")
+    expected = [f + 2 * a for f, a in zip(format_mean, accuracy_mean, strict=True)]
+    assert col("train/reward/mean") == pytest.approx(expected, abs=1e-6)
+    # Cosine schedule, lr 1e-4 to min_lr_rate 0.1 over 3 steps, no warm-up (round(0.05 x 3) = 0 steps). The
+    # logged value is read after the scheduler's step, i.e. it is the next step's lr.
+    schedule = [1e-4, 1e-5 + 9e-5 * 0.75, 1e-5 + 9e-5 * 0.25, 1e-5]
+    assert col("train/lr") in (pytest.approx(schedule[:3], rel=1e-6), pytest.approx(schedule[1:], rel=1e-6))
+    # Before the first update the policy is the reference (same checkpoint), so the KL is exactly 0. (A random
+    # tiny model earns no reward here, hence no gradient: tests/grpo/test_module_wiring.py checks KL > 0.)
+    assert col("train/kl")[0] == 0.0
+    for name in ("train/completions/clipped_ratio", "train/frac_reward_zero_std"):
+        assert all(0.0 <= v <= 1.0 for v in col(name)), name
+    lengths = zip(
+        col("train/completions/min_length"),
+        col("train/completions/mean_length"),
+        col("train/completions/max_length"),
+        strict=True,
+    )
+    assert all(1 <= lo <= mean <= hi <= 12 for lo, mean, hi in lengths)
+
 
 @pytest.mark.slow
 def test_resume_from_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
