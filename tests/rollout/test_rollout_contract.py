@@ -96,3 +96,34 @@ def test_scale_rewards_reaches_the_advantages(model_and_prompts, scale: str) -> 
     rollout = callback.score(trainer, module, batch, generation)  # type: ignore[arg-type]
     torch.testing.assert_close(rollout.advantages, expected_advantages(rewards, g, scale))
     torch.testing.assert_close(rollout.rewards, rewards)
+
+
+class RecordingEngine:
+    """A GenerationEngine that records weight syncs."""
+
+    def __init__(self) -> None:
+        self.syncs: list[bool] = []
+
+    def generate(self, prompt_ids, sampling):  # pragma: no cover - not used here
+        raise AssertionError("not expected")
+
+    def sync_weights(self, policy, force: bool = False) -> None:
+        self.syncs.append(force)
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@pytest.mark.parametrize(("engine", "step", "expected"), [("vllm", 0, []), ("vllm", 4, [True]), ("hf", 4, [])])
+def test_resume_forces_a_weight_sync(engine: str, step: int, expected: list[bool]) -> None:
+    """A resumed run's engine started from the checkpoint on disk, not the restored policy: push it, forced."""
+    callback = RolloutCallback(rewards=[RewardSpec("format")], engine=engine)  # type: ignore[arg-type]
+    callback.engine = recording = RecordingEngine()
+    module = SimpleNamespace(
+        policy=None, tokenizer=None, pad_token_id=0, name_or_path="", log=lambda *a, **k: None
+    )  # fmt: skip
+    callback.on_train_start(SimpleNamespace(global_step=step), module)  # type: ignore[arg-type]
+    assert recording.syncs == expected
