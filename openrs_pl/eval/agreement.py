@@ -1,9 +1,9 @@
 """Agreement of our grader with another evaluator's verdicts on real model completions.
 
-The rows (JSONL files of real model completions, one per benchmark) carry a completion, its gold answer and the verdict of the harness
-that produced it (Qwen2.5-Math's ``math_equal``). We grade each row as ``openrs-pl eval`` does (lighteval's parse,
-the benchmark's gold mode) and count where the two verdicts agree; the disagreements are what ``docs/grading.md``
-classifies.
+The rows (JSONL files of model completions, one per benchmark) carry a completion, its gold answer and the
+verdict of the harness that produced it (Qwen2.5-Math's ``math_equal``). We grade each row as ``openrs-pl eval``
+does (lighteval's parse, the benchmark's gold mode) and count where the two verdicts agree; the disagreements are
+what ``docs/grading.md`` classifies.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``openrs-pl eval``: zero-shot pass@k of a checkpoint on the paper's five math benchmarks (Table 1).
 
-Defaults reproduce the Open-RS evaluation (lighteval, as in the paper, arXiv 2503.16219): the lighteval math prompt in the model's
+Defaults reproduce the Open-RS evaluation (lighteval, arXiv 2503.16219): the lighteval math prompt in the model's
 chat template, temperature 0.6, top-p 0.95, up to 32768 new tokens, math-verify grading with an expression-style
 gold for AIME24/AMC23 and a LaTeX-style gold for the others. Outputs in ``output_dir``:
 
