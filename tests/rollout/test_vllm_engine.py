@@ -192,7 +192,7 @@ def test_bad_model_path_gives_one_clear_error(tmp_path: Path) -> None:
         ("Head size 16 is not supported by CPU_ATTN", "head size"),
         ("Available memory on node 0 on kv cache allocation is less than requested memory for kv", "kv_cache_memory"),
         ("CUDA out of memory. Tried to allocate 2.00 GiB", "lower `rollout.vllm.gpu_memory_utilization`"),
-        ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "lower `rollout.vllm.gpu"),
+        ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "rollout.vllm.gpu"),
         ("Incorrect path_or_model_id: '/x'. Please provide the path", "local folder"),
         ("something else entirely", "see the vLLM error above"),
     ],
