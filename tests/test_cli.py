@@ -48,6 +48,28 @@ def test_every_config_parses(config: Path) -> None:
     assert cli.config.model.max_completion_length == cli.config.rollout.max_completion_length
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_builds_its_components(config: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    """Module, DataModule, rollout callback and the trainer's callbacks are built from each YAML; no weights load."""
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("building the config must not load a model")
+
+    monkeypatch.setattr("openrs_pl.grpo.module.AutoModelForCausalLM.from_pretrained", no_loading)
+    monkeypatch.setattr("openrs_pl.grpo.module.AutoTokenizer.from_pretrained", no_loading)
+    # The demo config names a folder that `python -m openrs_pl.demo` writes first.
+    local = ["--model.name_or_path", str(tiny_model_dir)] if config.name == "tiny_cpu.yaml" else []
+    cli = parse(["--config", str(config), *local])
+    init = cli.parser.instantiate_classes(cli.config)
+    assert isinstance(init.model, GRPOModule) and isinstance(init.data, ProblemDataModule)
+    rollout = init.rollout
+    assert (init.model.temperature, init.model.max_completion_length) == (
+        rollout.sampling.temperature,
+        rollout.sampling.max_tokens,
+    )
+    assert rollout.num_generations == 6 and rollout.reward_set.names[0] == "format"
+
+
 def test_linked_values_follow_the_rollout_group() -> None:
     cfg = parse(["--config", "configs/tiny_cpu.yaml", "--rollout.temperature", "0.9"]).config
     assert (cfg.model.temperature, cfg.model.max_completion_length) == (0.9, 40)

@@ -283,7 +283,8 @@ class GRPOModule(L.LightningModule):
 
 def _check_model_source(model: str) -> None:
     """Reject a local-looking path that does not exist before anything is downloaded or loaded."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).suffix != ""
+    # A hub id is "name" or "org/name" and may contain dots ("Qwen-1.5B"); anything else is a local path.
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
     path = Path(model).expanduser()
     if looks_local and not path.is_dir():
         raise ValueError(f"model path {model!r} does not exist (expected a folder written by save_pretrained)")
