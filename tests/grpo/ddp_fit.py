@@ -1,7 +1,7 @@
 """Run by tests/grpo/test_ddp.py: a 2-process DDP fit (gloo) through the CLI that records what each rank saw.
 
 Lightning's DDP launcher re-executes this script once per extra rank, so it must be a script, not a test.
-Usage: python tests/grpo/ddp_fit.py MODEL_DIR DATA_JSONL OUT_DIR [EXTRA CLI ARGS...]
+Usage: python tests/grpo/ddp_fit.py MODEL_DIR DATA_JSONL OUT_DIR [--resume CKPT] [EXTRA CLI ARGS...]
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 
 def main(model_dir: str, data: str, out: str, *extra: str) -> None:
+    ckpt_path = None
+    if extra[:1] == ("--resume",):  # fit(ckpt_path=...): with run=False the CLI has no --ckpt_path
+        ckpt_path, extra = extra[1], extra[2:]
     args = [
         "--config", "configs/tiny_cpu.yaml", "--model.name_or_path", model_dir, "--data.source", data,
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
@@ -77,7 +80,7 @@ def main(model_dir: str, data: str, out: str, *extra: str) -> None:
     ]  # fmt: skip
     cli = cli_main(args, run=False)
     cli.trainer.callbacks.append(Recorder(Path(out)))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
 
 
 if __name__ == "__main__":

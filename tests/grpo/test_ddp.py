@@ -15,6 +15,7 @@ ROOT = Path(__file__).parents[2]
 
 
 def run_two_ranks(model_dir: Path, tmp_path: Path, *extra: str) -> list[dict]:
+    tmp_path.mkdir(exist_ok=True)
     data = tmp_path / "train.jsonl"
     data.write_text(
         "".join(json.dumps({"problem": f"What is {a} + 1?", "answer": str(a + 1)}) + "\n" for a in range(16))
@@ -28,9 +29,15 @@ def run_two_ranks(model_dir: Path, tmp_path: Path, *extra: str) -> list[dict]:
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
+EVERY_STEP = (
+    "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {every_n_train_steps: 1, save_top_k: -1,"
+    " filename: 'step{step}', auto_insert_metric_name: false}}]"
+)
+
+
 @pytest.mark.slow
 def test_two_rank_ddp_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
-    ranks = run_two_ranks(tiny_model_dir, tmp_path)
+    ranks = run_two_ranks(tiny_model_dir, tmp_path, "--trainer.callbacks", EVERY_STEP)
     assert [r["step"] for r in ranks] == [2, 2]
     # The policy moved, and gradients were all-reduced: both ranks end with bit-identical weights although
     # each computed its loss on different prompts.
@@ -40,6 +47,14 @@ def test_two_rank_ddp_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
     seen = [set(r["problems"]) for r in ranks]
     assert all(len(r["problems"]) == 4 for r in ranks)
     assert not seen[0] & seen[1]
+
+    # Mid-epoch resume from step 1 on 2 ranks: each rank continues with exactly the prompts it would have seen
+    # (the skip is counted per rank, not multiplied by the world size), and the run ends with the same weights.
+    (ckpt,) = tmp_path.glob("**/step1.ckpt")
+    resumed = run_two_ranks(tiny_model_dir, tmp_path / "resumed", "--resume", str(ckpt))
+    assert [r["step"] for r in resumed] == [2, 2]
+    assert [r["problems"] for r in resumed] == [r["problems"][2:] for r in ranks]
+    assert resumed[0]["weights_sha256"] == ranks[0]["weights_sha256"]
 
 
 @pytest.mark.slow
