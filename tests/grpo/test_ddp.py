@@ -37,24 +37,29 @@ EVERY_STEP = (
 
 @pytest.mark.slow
 def test_two_rank_ddp_fit(tiny_model_dir: Path, tmp_path: Path) -> None:
-    ranks = run_two_ranks(tiny_model_dir, tmp_path, "--trainer.callbacks", EVERY_STEP)
-    assert [r["step"] for r in ranks] == [2, 2]
+    # 16 problems / (2 ranks x 2 prompts) = 4 steps per epoch; step 5 is the first of the second epoch.
+    ranks = run_two_ranks(tiny_model_dir, tmp_path, "--trainer.callbacks", EVERY_STEP, "--trainer.max_steps", "5")
+    assert [r["step"] for r in ranks] == [5, 5]
     # The policy moved, and gradients were all-reduced: both ranks end with bit-identical weights although
     # each computed its loss on different prompts.
     assert ranks[0]["weights_sha256"] != ranks[0]["initial_sha256"]
     assert ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]
-    # Each rank trained on its own prompts: 2 steps x 2 prompts each, no overlap.
-    seen = [set(r["problems"]) for r in ranks]
-    assert all(len(r["problems"]) == 4 for r in ranks)
-    assert not seen[0] & seen[1]
+    # Each rank trained on its own prompts: 5 steps x 2 prompts each; within the first epoch no overlap.
+    assert all(len(r["problems"]) == 10 for r in ranks)
+    epoch = [set(r["problems"][:8]) for r in ranks]
+    assert len(epoch[0] | epoch[1]) == 16
 
-    # Mid-epoch resume from step 1 on 2 ranks: each rank continues with exactly the prompts it would have seen
-    # (the skip is counted per rank, not multiplied by the world size), and the run ends with the same weights.
-    (ckpt,) = tmp_path.glob("**/step1.ckpt")
-    resumed = run_two_ranks(tiny_model_dir, tmp_path / "resumed", "--resume", str(ckpt))
-    assert [r["step"] for r in resumed] == [2, 2]
-    assert [r["problems"] for r in resumed] == [r["problems"][2:] for r in ranks]
-    assert resumed[0]["weights_sha256"] == ranks[0]["weights_sha256"]
+    # Resume on 2 ranks, mid-epoch (from step 1) and at the epoch's end (from step 4): each rank continues with
+    # exactly the prompts it would have seen (the skip is counted per rank, not multiplied by the world size; a
+    # finished epoch is not skipped again), and the run ends with the uninterrupted run's weights.
+    for step in (1, 4):
+        (ckpt,) = tmp_path.glob(f"**/step{step}.ckpt")
+        resumed = run_two_ranks(
+            tiny_model_dir, tmp_path / f"resumed{step}", "--resume", str(ckpt), "--trainer.max_steps", "5"
+        )
+        assert [r["step"] for r in resumed] == [5, 5]
+        assert [r["problems"] for r in resumed] == [r["problems"][2 * step :] for r in ranks], f"from step {step}"
+        assert resumed[0]["weights_sha256"] == ranks[0]["weights_sha256"]
 
 
 @pytest.mark.slow
