@@ -194,6 +194,10 @@ def test_zero2_checkpoint_resumes_and_exports(runs: Path, tmp_path: Path) -> Non
     # Resumed from step 1: its weights at the start are the step-1 weights, and it ran steps 2 and 3.
     assert max_diff(resumed["initial"], {k: v.float() for k, v in first["synced"][0].items()}) == 0
     assert resumed["global_step"] == 3 and len(resumed["synced"]) == 2
+    # Optimizer (fp32 masters, Adam moments), schedule and data position came back: the resumed step 2 saw the same
+    # rollout and made the same update as the uninterrupted run's step 2.
+    assert torch.equal(resumed["rollouts"][0].completion_ids, first["rollouts"][1].completion_ids)
+    assert max_diff(resumed["synced"][0], first["synced"][1]) == 0
     ckpt = Path(resumed["checkpoint_dir"]) / "step3.ckpt"
     assert ckpt.is_dir()
     env = os.environ | {"PYTHONPATH": str(ROOT)}
@@ -205,6 +209,8 @@ def test_zero2_checkpoint_resumes_and_exports(runs: Path, tmp_path: Path) -> Non
     exported = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     trained = resumed["synced"][-1]
     assert max_diff({k: v.to(torch.bfloat16) for k, v in exported.state_dict().items()}, trained) == 0
+    # The export holds the fp32 master weights, not the bf16 copies the model computed with.
+    assert exported.dtype == torch.float32 and max_diff(dict(exported.state_dict()), trained) > 0
 
 
 @pytest.mark.slow
