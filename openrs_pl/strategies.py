@@ -9,8 +9,8 @@ accumulation, DeepSpeed checkpoints) can be debugged and tested without a GPU::
 
 Names registered in Lightning's strategy registry when :mod:`openrs_pl` is imported by the CLI:
 ``deepspeed_stage_1_cpu``, ``deepspeed_stage_2_cpu`` and ``deepspeed_stage_3_cpu`` (ZeRO-3 trains, but the vLLM
-weight sync refuses its partitioned parameters). Precision ``32-true`` and ``bf16-mixed`` work on CPU; fp16 does
-not (DeepSpeed's CPU accelerator has no fp16 loss scaler kernels).
+weight sync refuses its partitioned parameters). Tested on CPU with precision ``32-true`` and ``bf16-mixed``
+(``tests/grpo/test_deepspeed.py``).
 
 The first run JIT-compiles DeepSpeed's small shared-memory communication op (about 80 s, needs a C++ compiler;
 cached in ``~/.cache/torch_extensions``). DeepSpeed reads ``DS_ACCELERATOR`` once, when it first picks its

@@ -70,7 +70,7 @@ def runs(eos_prone_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     env = os.environ | {"PYTHONPATH": str(ROOT), "OPENRS_GRADING_WORKERS": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests/grpo/zero_fit.py"), str(eos_prone_model_dir), str(data), str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
