@@ -23,14 +23,20 @@ import logging
 from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
+from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import LossOutput, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
@@ -184,25 +190,29 @@ class GRPOModule(L.LightningModule):
         totals: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
+            _set_accumulation_boundary(self, last)
             with nullcontext() if last else _no_backward_sync(self):
                 out = self._micro_batch_loss(mb, num_active_tokens)
                 self.manual_backward(out.loss * scale)
             for name, value in out._asdict().items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
-        grad_norm = self._clip_gradients(opt)
+        grad_norm: Tensor | float | None = self._clip_gradients(opt)
         opt.step()
         if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
-            grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))
+            grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
-        metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
+        metrics: dict[str, Tensor | float] = {
+            f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")
+        }
         metrics |= {
             "train/clip_ratio/low": totals["clip_ratio_low"],
             "train/clip_ratio/high": totals["clip_ratio_high"],
         }
-        metrics |= {"train/lr": torch.tensor(opt.param_groups[0]["lr"])}
+        # Python floats, not CPU tensors: sync_dist would all-reduce a CPU tensor, which NCCL cannot.
+        metrics |= {"train/lr": float(opt.param_groups[0]["lr"])}
         if grad_norm is not None:
-            metrics["train/grad_norm"] = grad_norm
+            metrics["train/grad_norm"] = float(grad_norm)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
         # The bar's own counter is per epoch; GRPO runs are counted in optimizer steps.
         self.log("step", float(self.global_step), prog_bar=True, on_step=True, on_epoch=False, logger=False)
@@ -273,6 +283,10 @@ class GRPOModule(L.LightningModule):
         return int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
 
     # -------------------------------------------------------------------------------------------- exporting
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint alone is enough for `openrs-pl export`: it keeps the policy's config and tokenizer files.
+        checkpoint[HF_FILES_KEY] = hf_files(cast(PreTrainedModel, self.policy), self.tokenizer)
+
     def export_hf(self, out_dir: str | Path) -> Path:
         """Save the policy and tokenizer as a plain HF folder (loadable by transformers and vLLM)."""
         out = Path(out_dir)
@@ -314,6 +328,23 @@ def _is_deepspeed(strategy: Any) -> bool:
 
 
 def _no_backward_sync(module: L.LightningModule) -> Any:
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step."""
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step.
+
+    Not under DeepSpeed: Lightning's ``block_backward_sync`` would call the engine's ``no_sync``, which asserts under
+    ZeRO-2/3; the engine reduces at the accumulation boundary set by :func:`_set_accumulation_boundary` instead.
+    """
+    if _is_deepspeed(module.trainer.strategy):
+        return nullcontext()
     block = getattr(module.trainer.strategy, "block_backward_sync", None)
     return block() if block is not None else nullcontext()
+
+
+def _set_accumulation_boundary(module: L.LightningModule, is_last: bool) -> None:
+    """Tell DeepSpeed which backward ends the optimizer step (call before each micro-batch's backward).
+
+    Lightning runs the engine with ``gradient_accumulation_steps=1`` (it cannot know our micro-batching), so
+    without this every backward is a boundary and DeepSpeed 0.19's ZeRO-2 keeps only the last micro-batch's
+    gradient. No-op for other strategies.
+    """
+    if _is_deepspeed(module.trainer.strategy):
+        module.trainer.model.set_gradient_accumulation_boundary(is_last)
