@@ -20,8 +20,8 @@ Trainer rank (per device):
   (flash/SDPA: no ``seq^2`` term) and the SwiGLU MLP, and the attention's fp32 log-sum-exp; with gradient
   checkpointing only each layer's input ``a x H`` plus one recomputed layer at a time;
 * log-prob buffers: the ``[rows, completion + 1, vocab]`` logits of a micro-batch stay alive for backward, and
-  backward adds two logit-sized buffers per ``logprob_chunk_size`` rows; the no-grad reference pass holds one
-  chunk's logits plus two fp32 ``[completion, vocab]`` rows;
+  backward adds two logit-sized buffers per ``logprob_chunk_size`` rows; the no-grad reference pass holds two
+  chunks' logits, or one plus up to two fp32 ``[completion, vocab]`` rows;
 * when a micro-batch takes several log-prob chunks (several forwards), autograd holds one more full gradient
   while it sums each parameter's gradient over the chunks (measured: it dominates checkpointed backward).
 
@@ -194,7 +194,12 @@ def trainer_memory(shape: ModelShape, t: TrainLayout) -> dict[str, int]:
     # accumulating it, so with several chunks per micro-batch a full extra gradient is pending during backward.
     m["pending_gradients"] = p * w if t.micro_batch_size > c else 0
     m["backward_transient"] = max(m["logprob_backward"], recomputed + m["pending_gradients"])
-    m["nograd_logprob_pass"] = c * keep * v * t.activation_bytes + 2 * t.completion_length * v * 4
+    # No-grad passes (reference, old policy), chunk by chunk: while a chunk's logits are built the previous chunk's
+    # are still referenced, next to the last layer's hidden states; then the log-softmax works on fp32
+    # [completion, vocab] rows, at most two at a time.
+    chunk_logits = c * keep * v * t.activation_bytes
+    hidden = c * (3 * seq + keep) * shape.hidden_size * t.activation_bytes
+    m["nograd_logprob_pass"] = max(2 * chunk_logits + hidden, chunk_logits + min(c, 2) * t.completion_length * v * 4)
     # the optimizer step: torch's foreach AdamW allocates ~2 of the largest tensor; DeepSpeed upcasts the gradient
     # partition to fp32 for its step.
     m["optimizer_step"] = 4 * p // _shard(s, 1, t.ranks) if deepspeed and w < 4 else 2 * shape.largest_tensor() * w

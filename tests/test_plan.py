@@ -80,6 +80,7 @@ class Case:
     micro_batch: int
     chunk: int
     checkpointing: bool
+    dtype: str = "float32"
 
 
 CASES = {
@@ -87,6 +88,8 @@ CASES = {
                              checkpointing=False),
     "checkpointing": Case(256, 3, 4, 1, 512, prompt=16, completion=48, completions=6, micro_batch=3, chunk=1,
                           checkpointing=True),
+    "bf16-checkpointing": Case(256, 2, 4, 2, 512, prompt=16, completion=48, completions=6, micro_batch=3, chunk=1,
+                               checkpointing=True, dtype="bfloat16"),
 }  # fmt: skip
 
 
@@ -98,7 +101,7 @@ def measure_training_step(model_dir: Path, case: Case) -> dict[str, int]:
         grpo=GRPOConfig(num_generations=2, micro_batch_size=case.micro_batch, logprob_chunk_size=case.chunk),
         generation=GenerationConfig(max_completion_length=case.completion),
         gradient_checkpointing=case.checkpointing,
-        torch_dtype="float32",
+        torch_dtype=case.dtype,
     )
     models = (module.policy, module.reference)
     tracker = LiveTensorBytes([t.untyped_storage() for m in models for t in [*m.parameters(), *m.buffers()]])
@@ -201,8 +204,9 @@ def planned(model_dir: Path, case: Case) -> dict[str, int]:
     from transformers import AutoConfig
 
     shape = plan.ModelShape.from_hf_config(AutoConfig.from_pretrained(model_dir))
+    size = plan.DTYPE_BYTES[case.dtype]
     layout = plan.TrainLayout(
-        ranks=1, zero_stage=None, weight_bytes=4, activation_bytes=4, micro_batch_size=case.micro_batch,
+        ranks=1, zero_stage=None, weight_bytes=size, activation_bytes=size, micro_batch_size=case.micro_batch,
         prompt_length=case.prompt, completion_length=case.completion, logprob_chunk_size=case.chunk,
         reference=True, gradient_checkpointing=case.checkpointing,
     )  # fmt: skip
