@@ -314,7 +314,7 @@ def format_plan(plan: dict[str, Any], cards: list[float]) -> str:
         f"{layout['micro_batch_size']} x ({layout['prompt_length']} + {layout['completion_length']}) tokens, "
         f"checkpointing {'on' if layout['gradient_checkpointing'] else 'off'}",
         "",
-        f"{'trainer rank (per device)':<40}{'GiB':>9}",
+        f"{'trainer rank (per device)':<44}{'GiB':>9}",
     ]
     rows = [
         ("weights", "weights"),
@@ -334,16 +334,16 @@ def format_plan(plan: dict[str, Any], cards: list[float]) -> str:
         ("optimizer step temporaries", "optimizer_step"),
         ("PEAK", "peak"),
     ]
-    lines += [f"{label:<40}{t[key] / GIB:>9.2f}" for label, key in rows]
+    lines += [f"{label:<44}{t[key] / GIB:>9.2f}" for label, key in rows]
     if "vllm" in plan:
         v = plan["vllm"]
         lines += [
             "",
             f"vLLM ({v['mode']}): {v['sequences']} sequences x {v['seq_len']} tokens in flight, "
             f"{v['kv_bytes_per_token'] / 1024:.1f} KiB KV per token",
-            f"{'  weights':<40}{v['weights'] / GIB:>9.2f}",
-            f"{'  KV cache':<40}{v['kv_cache'] / GIB:>9.2f}",
-            f"{'  PEAK':<40}{v['peak'] / GIB:>9.2f}",
+            f"{'  weights':<44}{v['weights'] / GIB:>9.2f}",
+            f"{'  KV cache':<44}{v['kv_cache'] / GIB:>9.2f}",
+            f"{'  PEAK':<44}{v['peak'] / GIB:>9.2f}",
         ]
     verdict = verdicts(plan, cards)
     lines += ["", f"fits (peak + {RUNTIME_RESERVE_GIB:g} GiB reserve; vLLM within gpu_memory_utilization):"]
