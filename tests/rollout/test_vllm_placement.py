@@ -134,3 +134,21 @@ def test_every_engine_call_runs_under_the_engine_device(monkeypatch, borrows_def
     assert names == expected
     assert all(inside for _, inside in engine.llm.calls), engine.llm.calls
     assert set(entered) == {"cuda:5"}
+
+
+def test_single_process_view_hides_the_binding_and_vllms_split_path_then_restores(tmp_path: Path, monkeypatch) -> None:
+    from torch.distributed import distributed_c10d
+
+    monkeypatch.setenv("VLLM_DISTRIBUTED_USE_SPLIT_GROUP", "1")  # vLLM's opt-in split_group path: a world collective
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        default_group = distributed_c10d._get_default_group()
+        default_group.bound_device_id = torch.device("cuda:0")
+        with vllm_engine._as_single_process():
+            assert default_group.bound_device_id is None
+            assert os.environ["VLLM_DISTRIBUTED_USE_SPLIT_GROUP"] == "0"
+            assert torch.distributed.get_world_size() == 1 and torch.distributed.get_rank() == 0
+        assert default_group.bound_device_id == torch.device("cuda:0")
+        assert os.environ["VLLM_DISTRIBUTED_USE_SPLIT_GROUP"] == "1"
+    finally:
+        torch.distributed.destroy_process_group()
