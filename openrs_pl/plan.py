@@ -286,22 +286,32 @@ def plan_from_config(config: Any) -> dict[str, Any]:
         prompts = data["prompts_per_step"] * (ranks if dedicated else 1)
         seq_len = min(vllm.get("max_model_len", 4608), layout.prompt_length + layout.completion_length)
         plan["vllm"] = vllm_memory(shape, DTYPE_BYTES[shape.dtype if dtype == "auto" else dtype], prompts * g, seq_len)
-        plan["vllm"] |= {"mode": "dedicated" if dedicated else "colocate", "sequences": prompts * g, "seq_len": seq_len}
+        plan["vllm"] |= {
+            "mode": "dedicated" if dedicated else "colocate",
+            "sleep_mode": bool(vllm.get("enable_sleep_mode")),
+            "sequences": prompts * g,
+            "seq_len": seq_len,
+        }
         plan["vllm_usable_fraction"] = vllm.get("gpu_memory_utilization", 0.7)
     return plan
 
 
 def verdicts(plan: dict[str, Any], cards: list[float]) -> dict[str, dict[str, bool]]:
-    """Fits / does not fit per card size, for the trainer device and the vLLM device."""
-    trainer_peak = plan["trainer"]["peak"]
+    """Fits / does not fit per card size, for the trainer device and the vLLM device.
+
+    vLLM takes ``gpu_memory_utilization`` of the card up front; colocated on a trainer device, that share is
+    only given back during training with sleep mode.
+    """
     vllm = plan.get("vllm")
-    colocated = vllm is not None and vllm["mode"] == "colocate"
-    out = {"trainer": {}, "vllm": {}}
+    out: dict[str, dict[str, bool]] = {"trainer": {}, "vllm": {}}
     for gib in cards:
-        need = trainer_peak + (vllm["peak"] if colocated else 0)
-        out["trainer"][f"{gib:g}"] = fits(need, gib)
-        if vllm is not None and not colocated:
-            out["vllm"][f"{gib:g}"] = fits(vllm["peak"], gib, plan["vllm_usable_fraction"])
+        key, trainer_need = f"{gib:g}", plan["trainer"]["peak"]
+        if vllm is not None:
+            fraction = plan["vllm_usable_fraction"]
+            out["vllm"][key] = fits(vllm["peak"], gib, fraction)
+            if vllm["mode"] == "colocate" and not vllm["sleep_mode"]:
+                trainer_need += int(fraction * gib * GIB)
+        out["trainer"][key] = fits(trainer_need, gib)
     return out
 
 

@@ -308,6 +308,19 @@ def test_plan_overrides_change_the_layout(capsys: pytest.CaptureFixture) -> None
     assert result["vllm"]["sequences"] == 4 * 6  # one rank's prompts in flight
 
 
+@pytest.mark.parametrize("sleep", [False, True])
+def test_colocated_engine_shares_the_trainer_card_unless_it_sleeps(sleep: bool, capsys) -> None:
+    from openrs_pl.cli import main
+
+    args = ["--rollout.vllm.mode", "colocate", "--rollout.vllm.device", "null"]
+    args += ["--rollout.vllm.enable_sleep_mode", str(sleep).lower()]
+    main(["plan", "--config", "configs/openrs_exp3.yaml", *args, "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["vllm"]["sequences"] == 4 * 6  # each rank's engine samples its own prompts
+    # the trainer's ~29 GiB plus the 0.7 x card vLLM holds fits no card; asleep, vLLM gives its share back
+    assert result["fits"]["trainer"] == {"24": False, "48": sleep, "80": sleep}
+
+
 if __name__ == "__main__":  # print the figures: python tests/test_plan.py OUT_DIR
     for name, case in CASES.items():
         d = save_tiny_checkpoint(Path(sys.argv[1]) / name, hidden_size=case.hidden_size, num_layers=case.num_layers,
