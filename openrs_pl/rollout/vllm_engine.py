@@ -230,8 +230,12 @@ _private_group_ids = itertools.count()
 
 
 def _private_group_name(ranks: list[int], use_hashed_name: bool) -> str:
-    """A process-group name no trainer group can take (torch's own names are counters or rank hashes)."""
-    return f"openrs_vllm_engine_{next(_private_group_ids)}"
+    """A process-group name no trainer group can take (torch's own names are counters or rank hashes).
+
+    It carries the real global rank: in the colocate mode every rank starts an engine, and groups are keyed by
+    name in the store all ranks share.
+    """
+    return f"openrs_vllm_engine_rank{distributed_c10d.get_rank()}_{next(_private_group_ids)}"
 
 
 def to_generation_output(outputs: list[RequestOutput], repeat: int = 1) -> GenerationOutput:

@@ -36,7 +36,8 @@ def spy_split_source(
 
 
 def spy_helper(group_size: int, group_rank: int, global_ranks_in_group: list[int], *args: Any, **kwargs: Any) -> Any:
-    groups.append({"ranks": list(global_ranks_in_group), "device_id": str(kwargs.get("device_id"))})
+    name = str(args[2])  # (backend, store, group_name, ...)
+    groups.append({"ranks": list(global_ranks_in_group), "device_id": str(kwargs.get("device_id")), "name": name})
     return new_process_group_helper(group_size, group_rank, global_ranks_in_group, *args, **kwargs)
 
 

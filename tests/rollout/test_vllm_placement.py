@@ -61,6 +61,8 @@ def test_dedicated_engine_start_on_rank_zero_requests_no_collective_over_the_tra
     assert rank0["groups"], "vLLM created no process group: the checks below would be vacuous"
     assert all(g["ranks"] == [0] for g in rank0["groups"]), rank0["groups"]
     assert all(g["device_id"] == "None" for g in rank0["groups"]), rank0["groups"]
+    # named apart from torch's counter, and from other ranks' engines (colocate mode) in the shared store
+    assert all(g["name"].startswith("openrs_vllm_engine_rank0_") for g in rank0["groups"]), rank0["groups"]
     assert rank0["split_requests"] == []
     # The spy does see a split request when a group is made with the bound device visible (after the engine).
     assert rank0["split_requests_total"] == 1
