@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -380,7 +381,11 @@ def main(argv: list[str], cli_class: Any) -> int:
     with warnings.catch_warnings():  # "args given while sys.argv has values": ours are sys.argv minus `plan`
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
         config = _ParseOnly(GRPOModule, ProblemDataModule, args=fit_args, run=False).config
-    plan = plan_from_config(config)
+    try:
+        plan = plan_from_config(config)
+    except ValueError as error:  # e.g. a model folder that does not exist yet
+        print(f"openrs-pl plan: error: {error}", file=sys.stderr)
+        return 2
     cards = [*CARDS_GIB, *own.gpu_memory]
     if own.json:
         print(json.dumps(plan | {"fits": verdicts(plan, cards)}, indent=2))

@@ -308,6 +308,13 @@ def test_plan_overrides_change_the_layout(capsys: pytest.CaptureFixture) -> None
     assert result["vllm"]["sequences"] == 4 * 6  # one rank's prompts in flight
 
 
+def test_plan_of_a_model_it_cannot_read_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from openrs_pl.cli import main
+
+    assert main(["plan", "--config", "configs/tiny_cpu.yaml", "--model.model", str(tmp_path / "missing")]) == 2
+    assert f"cannot read config.json of '{tmp_path / 'missing'}'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("sleep", [False, True])
 def test_colocated_engine_shares_the_trainer_card_unless_it_sleeps(sleep: bool, capsys) -> None:
     from openrs_pl.cli import main
