@@ -4,6 +4,7 @@ openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.ma
 openrs-pl fit --config configs/tiny_cpu.yaml --print_config
 openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
 openrs-pl export CHECKPOINT OUT_DIR        (a .ckpt file or a DeepSpeed checkpoint folder)
+openrs-pl plan --config configs/openrs_exp3.yaml --gpu-memory 40
 """
 
 from __future__ import annotations
@@ -76,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "export":
         return _export(argv[1:])
+    if argv and argv[0] == "plan":
+        from openrs_pl.plan import main as plan_main
+
+        return plan_main(argv[1:], OpenRSCLI)
     cli_main(argv)  # raises on failure (non-zero exit through the traceback or LightningCLI's SystemExit)
     return 0
 

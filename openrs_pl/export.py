@@ -98,7 +98,8 @@ def _hf_source(checkpoint: Path, meta: dict[str, Any], tmp: Path) -> Path | str:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         return tmp
-    base = str((meta.get("hyper_parameters") or {}).get("model", ""))
+    hparams = meta.get("hyper_parameters") or {}
+    base = str(hparams.get("name_or_path", hparams.get("model", "")))  # "model" before the key was renamed
     try:
         AutoConfig.from_pretrained(base)
         return base

@@ -29,10 +29,10 @@ def fit_args(model_dir: Path, data: Path, out: Path) -> list[str]:
     callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoint}]
     every_step.write_text(json.dumps({"trainer": {"callbacks": callbacks}}))
     return [
-        "fit", "--config", "configs/tiny_cpu.yaml", "--config", str(every_step), "--model.model", str(model_dir),
+        "fit", "--config", "configs/tiny_cpu.yaml", "--config", str(every_step), "--model.name_or_path", str(model_dir),
         "--data.source", str(data), "--trainer.max_steps", "1", "--trainer.default_root_dir", str(out),
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.enable_progress_bar", "false",
-        "--model.generation.max_completion_length", "8", "--data.prompts_per_step", "2",
+        "--rollout.max_completion_length", "8", "--data.prompts_per_step", "2",
         "--model.grpo.micro_batch_size", "12",
     ]  # fmt: skip
 

@@ -22,10 +22,9 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
+from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.loss import loss_mask
 from openrs_pl.grpo.module import GRPOModule
-from openrs_pl.rewards import RewardSpec
 
 ROOT = Path(__file__).parents[2]
 CONSOLE_SCRIPT = Path(sys.executable).parent / "openrs-pl"
@@ -96,17 +95,19 @@ def reference_update(model_dir: Path, run_dir: Path, ranks: list[dict[str, Any]]
     and ranks; dapo sums token losses over everything and divides by the global token count. Then the same
     clipping (pre-clip norm returned) and AdamW step as the run's config.
     """
-    config = yaml.safe_load(next(run_dir.rglob("config.yaml")).read_text())["model"]
+    full_config = yaml.safe_load(next(run_dir.rglob("config.yaml")).read_text())
+    config, rollout = full_config["model"], full_config["rollout"]
     grpo = GRPOConfig(**config["grpo"])
     optim = OptimConfig(**{**config["optim"], "betas": tuple(config["optim"]["betas"])})
     module = GRPOModule(
         str(model_dir),
-        rewards=[RewardSpec(name="format")],
         grpo=grpo,
-        generation=GenerationConfig(**config["generation"]),
         optim=optim,
+        temperature=rollout["temperature"],
+        max_completion_length=rollout["max_completion_length"],
         torch_dtype="float32",
     )
+    module.configure_model()
     module.policy.train()
     assert max_diff(dict(module.policy.state_dict()), ranks[0]["initial"]) == 0
     rollouts = [module._score_logprobs(r["rollouts"][0]) for r in ranks]

@@ -25,13 +25,13 @@ from openrs_pl.rollout.vllm_engine import named_weights
 # One optimizer step = 2 prompts x 6 completions per rank, in micro-batches of 4: M = 3 backward passes per step.
 COMMON = [
     "--config", "configs/tiny_cpu.yaml", "--trainer.devices", "2", "--trainer.enable_progress_bar", "false",
-    "--model.generation.max_completion_length", "8", "--data.prompts_per_step", "2",
+    "--rollout.max_completion_length", "8", "--data.prompts_per_step", "2",
     "--model.grpo.micro_batch_size", "4", "--model.optim.warmup_ratio", "0.0",
     # AdamW's first update is lr * g / (|g| + eps): a large eps makes it (nearly) linear in the gradient, so a
     # wrongly accumulated gradient shows up in the weights instead of being hidden by the sign-like update.
     "--model.optim.lr", "1e-2", "--model.optim.eps", "1.0",
     # Length-dependent scores for wrong answers: non-zero advantages even for a random model.
-    "--model.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
+    "--rollout.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
 ]  # fmt: skip
 
 PHASES: dict[str, list[str]] = {
@@ -97,7 +97,7 @@ def _float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def run_phase(name: str, model_dir: str, data: str, out: Path) -> None:
     root = out / name
     args = [
-        *COMMON, *PHASES[name], "--model.model", model_dir, "--data.source", data,
+        *COMMON, *PHASES[name], "--model.name_or_path", model_dir, "--data.source", data,
         "--trainer.max_steps", str(MAX_STEPS.get(name, 1)), "--trainer.default_root_dir", str(root),
         "--trainer.logger.init_args.save_dir", str(root), "--config", str(out / "every_step.yaml"),
     ]  # fmt: skip
