@@ -16,6 +16,8 @@ from typing import Any
 
 import lightning as L
 
+from openrs_pl.rollout.types import ROLLOUT_KEY, RolloutBatch
+
 COLUMNS = ("step", "prompt", "completion", "reward", "advantage", "length", "truncated")
 
 
@@ -102,10 +104,12 @@ class CompletionsTable(L.Callback):
         due = self.every_n_steps > 0 and (step == 1 or step % self.every_n_steps == 0)
         if not due or not trainer.is_global_zero:
             return
-        rollout = batch.get("rollout") if isinstance(batch, dict) else None
-        if rollout is None:
+        rollout = batch.get(ROLLOUT_KEY) if isinstance(batch, dict) else None
+        reward_set = next((cb.reward_set for cb in trainer.callbacks if hasattr(cb, "reward_set")), None)
+        if rollout is None or reward_set is None:
             return
-        rows = completion_rows(step, **rollout_fields(rollout, batch, pl_module, self.max_rows))
+        fields = rollout_fields(rollout, batch, pl_module.tokenizer, reward_set.names, self.max_rows)
+        rows = completion_rows(step, **fields)
         log_dir = trainer.log_dir
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -114,19 +118,20 @@ class CompletionsTable(L.Callback):
         _log_wandb_table(trainer, rows, step)
 
 
-def rollout_fields(rollout: Any, batch: dict[str, Any], pl_module: Any, max_rows: int) -> dict[str, Any]:
+def rollout_fields(
+    rollout: RolloutBatch, batch: dict[str, Any], tokenizer: Any, reward_names: Sequence[str], max_rows: int
+) -> dict[str, Any]:
     """The plain per-completion fields of a ``RolloutBatch`` (the hook between the rollout and the table)."""
     n = min(rollout.completion_ids.shape[0], max_rows)
     g = rollout.completion_ids.shape[0] // max(len(batch["prompt_ids"]), 1)
     problems = batch.get("problem") or batch.get("prompt") or [""] * len(batch["prompt_ids"])
     mask = rollout.completion_mask[:n].bool()
     ids = [row[m].tolist() for row, m in zip(rollout.completion_ids[:n], mask, strict=True)]
-    names = pl_module.reward_set.names
     per_func = rollout.reward_per_func[:n].float().cpu()
     return {
         "prompts": [str(problems[i // g]) for i in range(n)],
-        "completions": pl_module.tokenizer.batch_decode(ids, skip_special_tokens=True),
-        "rewards": {name: per_func[:, r].tolist() for r, name in enumerate(names)},
+        "completions": tokenizer.batch_decode(ids, skip_special_tokens=True),
+        "rewards": {name: per_func[:, r].tolist() for r, name in enumerate(reward_names)},
         "total_rewards": rollout.rewards[:n].float().cpu().tolist(),
         "advantages": rollout.advantages[:n].float().cpu().tolist(),
         "lengths": mask.sum(dim=1).tolist(),

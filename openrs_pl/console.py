@@ -146,7 +146,7 @@ class RunConsole(L.Callback):
         if trainer.log_dir is None:
             return
         info = {
-            "model": getattr(pl_module, "model_name", type(pl_module).__name__),
+            "model": _model_name(pl_module),
             "gpus": count_gpus(trainer),
             "world_size": trainer.world_size,
             "max_steps": trainer.max_steps,
@@ -185,14 +185,14 @@ def startup_lines(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]
     """The start-up summary: what is trained, on what, with which batch, for how long, and where output goes."""
     policy = getattr(pl_module, "policy", pl_module)
     params = sum(p.numel() for p in policy.parameters())
-    g = pl_module.grpo.num_generations if hasattr(pl_module, "grpo") else 1
+    g = next((cb.num_generations for cb in trainer.callbacks if hasattr(cb, "num_generations")), 1)
     prompts = getattr(trainer.datamodule, "prompts_per_step", None) if trainer.datamodule is not None else None
     ranks = trainer.world_size
     batch = f"{ranks} ranks x {prompts} prompts x {g} completions = {ranks * prompts * g}" if prompts else "?"
     engine = next((getattr(cb, "engine_name", None) for cb in trainer.callbacks if hasattr(cb, "engine_name")), "-")
     ckpt = trainer.checkpoint_callback
     rows = [
-        ("model", f"{getattr(pl_module, 'model_name', '?')} ({_count(params)} parameters)"),
+        ("model", f"{_model_name(pl_module)} ({_count(params)} parameters)"),
         ("devices", f"{trainer.num_devices} x {trainer.accelerator.__class__.__name__.removesuffix('Accelerator')}"
          f" x {trainer.num_nodes} node(s), strategy {trainer.strategy.__class__.__name__}"),
         ("batch / step", batch),
@@ -228,6 +228,10 @@ def end_lines(trainer: L.Trainer, first: dict[str, str], last: dict[str, str], c
     if trainer.log_dir is not None:
         lines.append(f"  plots: openrs-pl report {trainer.log_dir}")
     return lines
+
+
+def _model_name(pl_module: L.LightningModule) -> str:
+    return str(getattr(pl_module, "name_or_path", type(pl_module).__name__))
 
 
 def _count(n: int) -> str:

@@ -90,7 +90,8 @@ def warm_start(model_dir: Path, out_dir: Path, rows: list[dict], steps: int, see
 def greedy_completions(model_dir: Path, rows: list[dict]) -> tuple[list[str], list[str], list[list[int]]]:
     """Chat prompts, greedy completion texts and completion token ids for ``rows`` (at most 40 new tokens)."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    engine = HFEngine(str(model_dir), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine = HFEngine(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     prompts = [build_chat_prompt(tokenizer, r["problem"], None) for r in rows]
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     out = engine.generate(prompt_ids, SamplingConfig(n=1, temperature=0.0, max_tokens=40))
@@ -190,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             "fit",
             "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"),
-            "--model.model", str(sft),
+            "--model.name_or_path", str(sft),
             "--data.source", str(data_dir / "train.jsonl"),
             "--trainer.max_steps", str(args.grpo_steps),
             "--trainer.default_root_dir", str(out),
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     after = evaluate(final, heldout)
     print("[demo] after GRPO, the same three problems:")
     print("\n".join(example_lines(final, examples)), flush=True)
-    metrics_csv = Path(cli.trainer.logger.log_dir) / "metrics.csv"
+    metrics_csv = Path(str(cli.trainer.logger.log_dir)) / "metrics.csv"
     plot_story(metrics_csv, before, after, out / "demo.png")
     print(f"\nHeld-out problems: {len(heldout)} (greedy decoding)")
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")

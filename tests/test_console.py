@@ -49,18 +49,20 @@ def test_bar_fields_are_metrics_the_module_logs() -> None:
 def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
     from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
+    from openrs_pl.rewards import RewardSpec
     from openrs_pl.rollout.callback import RolloutCallback
     from openrs_pl.rollout.vllm_engine import VLLMConfig
 
     def trainer(accelerator: object, *callbacks: object) -> SimpleNamespace:
         return SimpleNamespace(accelerator=accelerator, world_size=3, callbacks=list(callbacks))
 
+    rewards = [RewardSpec("format")]
     # The paper's layout: three trainer GPUs + one vLLM GPU = 4 GPUs billed.
-    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(engine="vllm"))) == 4
-    colocated = RolloutCallback(engine="vllm", vllm=VLLMConfig(mode="colocate"))
+    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(rewards, engine="vllm"))) == 4
+    colocated = RolloutCallback(rewards, engine="vllm", vllm=VLLMConfig(mode="colocate"))
     assert count_gpus(trainer(CUDAAccelerator(), colocated)) == 3
-    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(engine="hf"))) == 3
-    assert count_gpus(trainer(CPUAccelerator(), RolloutCallback(engine="vllm"))) == 0
+    assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(rewards, engine="hf"))) == 3
+    assert count_gpus(trainer(CPUAccelerator(), RolloutCallback(rewards, engine="vllm"))) == 0
 
 
 def test_negative_price_is_rejected() -> None:

@@ -53,9 +53,9 @@ def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     proc = subprocess.run(
         [
             OPENRS_PL, "fit", "--config", "configs/tiny_cpu.yaml", "--config", str(out / "loggers.yaml"),
-            "--model.model", str(tiny_model_dir), "--data.source", str(write_problems(out / "train.jsonl")),
+            "--model.name_or_path", str(tiny_model_dir), "--data.source", str(write_problems(out / "train.jsonl")),
             "--trainer.max_steps", str(STEPS), "--trainer.default_root_dir", str(out),
-            "--model.generation.max_completion_length", str(MAX_LEN), "--data.prompts_per_step", str(PROMPTS),
+            "--rollout.max_completion_length", str(MAX_LEN), "--data.prompts_per_step", str(PROMPTS),
             "--model.grpo.micro_batch_size", "6",
         ],
         capture_output=True, text=True, env=env, timeout=600,
