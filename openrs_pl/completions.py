@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 
+from openrs_pl.rollout.callback import find_rollout_callback
 from openrs_pl.rollout.types import ROLLOUT_KEY, RolloutBatch
 
 COLUMNS = ("step", "prompt", "completion", "reward", "advantage", "length", "truncated")
@@ -105,9 +106,10 @@ class CompletionsTable(L.Callback):
         if not due or not trainer.is_global_zero:
             return
         rollout = batch.get(ROLLOUT_KEY) if isinstance(batch, dict) else None
-        reward_set = next((cb.reward_set for cb in trainer.callbacks if hasattr(cb, "reward_set")), None)
-        if rollout is None or reward_set is None:
+        rollout_callback = find_rollout_callback(trainer)
+        if rollout is None or rollout_callback is None:
             return
+        reward_set = rollout_callback.reward_set
         fields = rollout_fields(rollout, batch, pl_module.tokenizer, reward_set.names, self.max_rows)
         rows = completion_rows(step, **fields)
         log_dir = trainer.log_dir

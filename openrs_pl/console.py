@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 from openrs_pl.cost import PAPER_USD_PER_GPU_HOUR, RunCost
+from openrs_pl.rollout.callback import find_rollout_callback
 
 # (regex on the warning message, why it is noise for our users)
 _NOISY_WARNINGS = (
@@ -67,12 +68,9 @@ def count_gpus(trainer: L.Trainer) -> int:
     """GPUs the run holds: the trainer's ranks, plus the dedicated vLLM GPU when there is one (0 on CPU)."""
     if trainer.accelerator.__class__.__name__ != "CUDAAccelerator":
         return 0
-    gpus = trainer.world_size
-    for cb in trainer.callbacks:
-        vllm = getattr(cb, "vllm_config", None)
-        if getattr(cb, "engine_name", None) == "vllm" and vllm is not None and vllm.mode == "dedicated":
-            gpus += 1
-    return gpus
+    rollout = find_rollout_callback(trainer)
+    dedicated_vllm = rollout is not None and rollout.engine_name == "vllm" and rollout.vllm_config.mode == "dedicated"
+    return trainer.world_size + int(dedicated_vllm)
 
 
 def bar_metrics(metrics: dict[str, Any]) -> dict[str, str]:
@@ -185,11 +183,13 @@ def startup_lines(trainer: L.Trainer, pl_module: L.LightningModule) -> list[str]
     """The start-up summary: what is trained, on what, with which batch, for how long, and where output goes."""
     policy = getattr(pl_module, "policy", pl_module)
     params = sum(p.numel() for p in policy.parameters())
-    g = next((cb.num_generations for cb in trainer.callbacks if hasattr(cb, "num_generations")), 1)
-    prompts = getattr(trainer.datamodule, "prompts_per_step", None) if trainer.datamodule is not None else None
+    rollout = find_rollout_callback(trainer)
+    g = rollout.num_generations if rollout is not None else 1
+    datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
+    prompts = getattr(datamodule, "prompts_per_step", None) if datamodule is not None else None
     ranks = trainer.world_size
     batch = f"{ranks} ranks x {prompts} prompts x {g} completions = {ranks * prompts * g}" if prompts else "?"
-    engine = next((getattr(cb, "engine_name", None) for cb in trainer.callbacks if hasattr(cb, "engine_name")), "-")
+    engine = rollout.engine_name if rollout is not None else "-"
     ckpt = trainer.checkpoint_callback
     rows = [
         ("model", f"{_model_name(pl_module)} ({_count(params)} parameters)"),

@@ -11,7 +11,7 @@ import torch
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.eval.pipeline import Generate, WorkItem, generate_records, grade_records
 from openrs_pl.metrics.passk import PassAtK
-from openrs_pl.rollout.callback import RolloutCallback, policy_source
+from openrs_pl.rollout.callback import find_rollout_callback, policy_source
 from openrs_pl.rollout.types import SamplingConfig
 
 
@@ -125,10 +125,10 @@ class ValidationPassAtK(L.Callback):
 
     def _generator(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Generate:
         """The rollout callback's generation path if there is one, else ``generate`` on the policy itself."""
-        for callback in trainer.callbacks:  # type: ignore[attr-defined]
-            if isinstance(callback, RolloutCallback) and (callback.engine is not None or trainer.world_size > 1):
-                # Its dispatcher also covers the dedicated vLLM mode, where only rank 0 holds an engine.
-                return lambda prompt_ids, sampling: callback.generate(trainer, prompt_ids, sampling)
+        callback = find_rollout_callback(trainer)
+        if callback is not None and (callback.engine is not None or trainer.world_size > 1):
+            # Its dispatcher also covers the dedicated vLLM mode, where only rank 0 holds an engine.
+            return lambda prompt_ids, sampling: callback.generate(trainer, prompt_ids, sampling)
         if self._fallback_engine is None:
             from openrs_pl.rollout.hf_engine import HFEngine
 

@@ -197,3 +197,9 @@ class RolloutCallback(L.Callback):
         start = time.perf_counter()
         self.engine.sync_weights(policy_source(pl_module).policy, force=force)
         pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+
+
+def find_rollout_callback(trainer: L.Trainer) -> RolloutCallback | None:
+    """The trainer's :class:`RolloutCallback`, if it has one (for callbacks that read its settings)."""
+    callbacks: list[L.Callback] = trainer.callbacks  # type: ignore[attr-defined]  # set by Lightning at run time
+    return next((cb for cb in callbacks if isinstance(cb, RolloutCallback)), None)
