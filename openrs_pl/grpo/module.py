@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_mi
 
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
 from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.health.monitor import step_allowed
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -171,6 +172,9 @@ class GRPOModule(L.LightningModule):
             for name, value in out._asdict().items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
         grad_norm = self._clip_gradients(opt)
+        if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
+            opt.zero_grad(set_to_none=True)
+            return totals["loss"]
         opt.step()
         if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
             grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))

@@ -1,0 +1,6 @@
+"""Run health: the :class:`TrainingHealth` monitor and trustworthy checkpoints (atomic writes, HF exports,
+a checkpoint on Ctrl-C / SIGTERM, resuming into the same log folder)."""
+
+from openrs_pl.health.monitor import TrainingHealth, step_allowed
+
+__all__ = ["TrainingHealth", "step_allowed"]
