@@ -91,7 +91,8 @@ class TrainingHealth(L.Callback):
         super().__init__()
         if window < 1 or not 0 < collapse_drop <= 1 or spike_factor <= 1 or not 0 < rollback_lr_factor <= 1:
             raise ValueError(
-                "TrainingHealth: need window >= 1, 0 < collapse_drop <= 1, spike_factor > 1, 0 < rollback_lr_factor <= 1"
+                "TrainingHealth: need window >= 1, 0 < collapse_drop <= 1, spike_factor > 1 and"
+                " 0 < rollback_lr_factor <= 1"
             )
         self.actions: dict[str, Action] = {
             "truncation": on_truncation,
@@ -152,7 +153,7 @@ class TrainingHealth(L.Callback):
         self.counts["nonfinite"] += 1
         what = "loss" if not torch.isfinite(loss).all() else "gradients"
         if action == "warn":
-            self._raise("nonfinite", f"non-finite {what} at step {step}: the step was applied anyway (on_nonfinite: warn)")
+            self._raise("nonfinite", f"non-finite {what} at step {step}: the step was applied anyway")
             return True
         self.skipped_steps += 1
         self._consecutive_skips += 1
@@ -231,7 +232,8 @@ class TrainingHealth(L.Callback):
             if name not in m or not math.isfinite(m[name]):
                 continue
             value, past = m[name], h[key]
-            if len(past) >= min(self.window, 3) and value > floor and value > self.spike_factor * statistics.median(past):
+            spike = len(past) >= min(self.window, 3) and value > max(floor, self.spike_factor * statistics.median(past))
+            if spike:
                 self._condition(
                     cond,
                     f"{cond.replace('_', ' ')} at step {step}: {name} = {value:.4g}, more than {self.spike_factor:g} x"
@@ -257,8 +259,7 @@ class TrainingHealth(L.Callback):
         trainer.should_stop = True
         self.stop_reason = reasons
         _rank_zero_warning(
-            f"[health] stopping at step {trainer.global_step}: {reasons}.\n"
-            f"[health] {describe_saved(trainer)}"
+            f"[health] stopping at step {trainer.global_step}: {reasons}.\n[health] {describe_saved(trainer)}"
         )
 
     def _rollback(self, trainer: L.Trainer, pl_module: L.LightningModule, reasons: str, held: set[str]) -> None:
@@ -316,8 +317,10 @@ class TrainingHealth(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         held = {c: n for c, n in self.counts.items() if n}
         if held or self.skipped_steps or self.rollbacks:
-            summary = f"conditions (steps held): {held}; skipped steps: {self.skipped_steps}; rollbacks: {self.rollbacks}"
-            _rank_zero_warning(f"[health] run summary: {summary}")
+            _rank_zero_warning(
+                f"[health] run summary: conditions (steps held): {held}; skipped steps: {self.skipped_steps};"
+                f" rollbacks: {self.rollbacks}"
+            )
 
 
 def step_allowed(pl_module: L.LightningModule, loss: torch.Tensor) -> bool:

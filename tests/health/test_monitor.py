@@ -24,11 +24,12 @@ def write_problems(path: Path, n: int = 16) -> Path:
 
 
 def build(
-    model_dir: Path, data: Path, tmp_path: Path, health: TrainingHealth, *extra: str, max_steps: int = 4, every: int = 50
+    model_dir: Path, data: Path, tmp_path: Path, health: TrainingHealth, *extra: str, max_steps: int = 4, every: int = 9
 ):
     """The real CLI path (tiny_cpu.yaml, a checkpoint every ``every`` steps), with its TrainingHealth replaced."""
     config = tmp_path / "tiny.yaml"
-    text, n = re.subn(r"every_n_train_steps: \d+", f"every_n_train_steps: {every}", Path("configs/tiny_cpu.yaml").read_text())
+    text = Path("configs/tiny_cpu.yaml").read_text()
+    text, n = re.subn(r"every_n_train_steps: \d+", f"every_n_train_steps: {every}", text)
     assert n == 1
     config.write_text(text)
     cli = cli_main(
