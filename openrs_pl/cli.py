@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
+from openrs_pl.health.checkpointing import resume_logger_version
 from openrs_pl.rollout.callback import RolloutCallback
 
 
@@ -31,6 +32,8 @@ class OpenRSCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Batch arithmetic is checked on the parsed config, before any model is loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            resume_logger_version(config)  # --ckpt_path continues in the checkpoint's version_N log folder
         grpo = config.model.grpo
         if grpo is not None:
             fields = {k: v for k, v in vars(grpo).items() if not k.startswith("_")}

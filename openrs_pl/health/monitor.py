@@ -345,7 +345,9 @@ def describe_saved(trainer: L.Trainer) -> str:
     if not paths:
         return "no checkpoint has been written yet"
     newest = max(dict.fromkeys(paths), key=lambda p: Path(p).stat().st_mtime)
-    return f"newest checkpoint: {newest}; continue with: openrs-pl fit --config <your config> --ckpt_path {newest}"
+    from openrs_pl.health.checkpointing import continue_command
+
+    return f"newest checkpoint: {newest}; continue with: {continue_command(newest)}"
 
 
 def _scalar(value: Any) -> float:
