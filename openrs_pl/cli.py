@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> Any:
         return eval_main(argv[1:])
     if argv and argv[0] == "export":
         return _export(argv[1:])
-    return cli_main(argv)
+    cli_main(argv)
+    return 0  # the console script's exit status (a returned object would make it 1)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -271,8 +272,8 @@ def continue_command(ckpt_path: str) -> str:
         if not arg.startswith("--ckpt_path="):
             args.append(arg)
     if not args or args[0] != "fit":
-        args = ["fit", "--config", "<your config>", *args]
-    return " ".join(["openrs-pl", *args, "--ckpt_path", ckpt_path])
+        args = ["fit", "--config", "CONFIG.yaml", *args]
+    return shlex.join(["openrs-pl", *args, "--ckpt_path", ckpt_path])
 
 
 def _checkpoint_dir(trainer: L.Trainer) -> str:
