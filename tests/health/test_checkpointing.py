@@ -98,7 +98,8 @@ def setup_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
     root = tmp_path_factory.mktemp("resume")
     rows = [{"problem": f"What is {a} + {a + 1}?", "answer": str(2 * a + 1)} for a in range(16)]
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    text, n = re.subn(r"every_n_train_steps: 50", "every_n_train_steps: 1", (ROOT / "configs/tiny_cpu.yaml").read_text())
+    text = (ROOT / "configs/tiny_cpu.yaml").read_text()
+    text, n = re.subn(r"every_n_train_steps: 50", "every_n_train_steps: 1", text)
     assert n == 2, "tiny_cpu.yaml: ModelCheckpoint and HFExport every 50 steps"
     (root / "every_step.yaml").write_text(text)
     return root
@@ -178,7 +179,8 @@ def report(name: str, diffs: dict[str, float]) -> None:
 def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(setup_dir, tiny_model_dir, uninterrupted) -> None:
     out = setup_dir / "ctrl_c"
     run_dir = out / "grpo" / "version_0"
-    first = start_and_signal(fit_args(setup_dir, tiny_model_dir, out), run_dir / "checkpoints/step2.ckpt", signal.SIGINT)
+    args = fit_args(setup_dir, tiny_model_dir, out)
+    first = start_and_signal(args, run_dir / "checkpoints/step2.ckpt", signal.SIGINT)
     assert first.returncode == 128 + signal.SIGINT, first.stderr[-3000:]
     saved = re.search(r"SIGINT: saved step (\d+) to (\S+)", first.stderr)
     command = re.search(r"continue with: (openrs-pl .*)", first.stderr)
@@ -199,7 +201,8 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(setup_dir, tiny_mo
 def test_kill_9_then_resume_from_the_newest_checkpoint_is_exact(setup_dir, tiny_model_dir, uninterrupted) -> None:
     out = setup_dir / "kill9"
     run_dir = out / "grpo" / "version_0"
-    first = start_and_signal(fit_args(setup_dir, tiny_model_dir, out), run_dir / "checkpoints/step3.ckpt", signal.SIGKILL)
+    args = fit_args(setup_dir, tiny_model_dir, out)
+    first = start_and_signal(args, run_dir / "checkpoints/step3.ckpt", signal.SIGKILL)
     assert first.returncode == -signal.SIGKILL
     newest = max((run_dir / "checkpoints").glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
     assert version_of(newest) == 0
