@@ -92,13 +92,15 @@ class HFExport(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every_n_train_steps or not trainer.is_global_zero:
+        if step == 0 or step % self.every_n_train_steps:
             return
-        self.export(trainer, pl_module)
-
-    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
-        """Write ``step<N>`` atomically (a temporary folder renamed into place) and prune old exports."""
+        # trainer.log_dir is a broadcast: every rank asks, only rank 0 writes (ZeRO-2 keeps full weights on each).
         root = Path(self.dirpath or Path(trainer.log_dir or trainer.default_root_dir) / "hf")
+        if trainer.is_global_zero:
+            self.export(trainer, pl_module, root)
+
+    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, root: Path) -> Path:
+        """Write ``root/step<N>`` atomically (a temporary folder renamed into place) and prune old exports."""
         target = root / f"step{trainer.global_step}"
         tmp = root / f".{target.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)

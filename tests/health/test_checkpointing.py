@@ -124,13 +124,19 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def start_and_signal(args: list[str], wait_for: Path, sig: int) -> subprocess.CompletedProcess:
-    """Start a fit, send ``sig`` as soon as ``wait_for`` exists, and collect its output."""
-    proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_and_signal(args: list[str], wait_for: Path, sig: int, group: bool = False) -> subprocess.CompletedProcess:
+    """Start a fit, send ``sig`` as soon as ``wait_for`` exists (to all its ranks with ``group``), collect output."""
+    proc = subprocess.Popen(
+        [*CLI, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=group,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(sig)
+    if group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
@@ -147,8 +153,8 @@ def step_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
     return by_step
 
 
-def max_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> dict[str, float]:
-    assert sorted(a) == sorted(b) == list(range(STEPS))
+def max_differences(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]], steps: int = STEPS):
+    assert sorted(a) == sorted(b) == list(range(steps))
     return {k: max(abs(a[s][k] - b[s][k]) for s in a) for k in COMPARED}
 
 
@@ -164,8 +170,11 @@ def uninterrupted(setup_dir: Path, tiny_model_dir: Path) -> dict[int, dict[str, 
     final = torch.load(run_dir / "checkpoints" / f"step{STEPS}.ckpt", weights_only=False)["state_dict"]
     exported = AutoModelForCausalLM.from_pretrained(run_dir / "hf" / f"step{STEPS}").state_dict()
     assert all(torch.equal(v, final[f"policy.{k}"]) for k, v in exported.items())
-    metrics = step_metrics(run_dir)
-    # The compared metrics move from step to step (a comparison of constants would prove nothing).
+    return moving(step_metrics(run_dir))
+
+
+def moving(metrics: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+    """The compared metrics change from step to step (a comparison of constants would prove nothing)."""
     for key in ("train/reward/mean", "train/loss", "train/kl", "train/grad_norm"):
         assert len({m[key] for m in metrics.values()}) > 2, (key, metrics)
     return metrics
@@ -215,3 +224,26 @@ def test_kill_9_then_resume_from_the_newest_checkpoint_is_exact(setup_dir, tiny_
     assert all(d <= 1e-6 for d in diffs.values()), diffs
     assert not math.isnan(sum(diffs.values()))
     shutil.rmtree(out)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_kill_9_then_resume_is_exact(setup_dir, tiny_model_dir) -> None:
+    """2 processes (gloo): the whole process group is killed after step 2's checkpoint, then resumed on 2 ranks."""
+    ddp = ("--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4")
+    base = setup_dir / "ddp_uninterrupted"
+    proc = run(fit_args(setup_dir, tiny_model_dir, base, *ddp))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = setup_dir / "ddp_kill9"
+    run_dir = out / "grpo" / "version_0"
+    first = start_and_signal(
+        fit_args(setup_dir, tiny_model_dir, out, *ddp), run_dir / "checkpoints/step2.ckpt", signal.SIGKILL, group=True
+    )
+    assert first.returncode == -signal.SIGKILL
+    newest = max((run_dir / "checkpoints").glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
+    resumed = run(fit_args(setup_dir, tiny_model_dir, out, *ddp, "--ckpt_path", str(newest)))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "not resumable" not in resumed.stderr
+    assert sorted(p.name for p in (out / "grpo").iterdir()) == ["version_0"]
+    diffs = max_differences(step_metrics(run_dir), moving(step_metrics(base / "grpo" / "version_0")), steps=4)
+    report(f"2-rank DDP kill -9 (resumed from {newest.name})", diffs)
+    assert all(d <= 1e-6 for d in diffs.values()), diffs
