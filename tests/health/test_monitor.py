@@ -29,7 +29,7 @@ def build(
     """The real CLI path (tiny_cpu.yaml, a checkpoint every ``every`` steps), with its TrainingHealth replaced."""
     config = tmp_path / "tiny.yaml"
     text = Path("configs/tiny_cpu.yaml").read_text()
-    text, n = re.subn(r"every_n_train_steps: \d+", f"every_n_train_steps: {every}", text)
+    text, n = re.subn(r"(ModelCheckpoint\n\s+init_args: \{every_n_train_steps:) \d+", rf"\g<1> {every}", text)
     assert n == 1
     config.write_text(text)
     cli = cli_main(
