@@ -185,13 +185,15 @@ def report(name: str, diffs: dict[str, float]) -> None:
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(setup_dir, tiny_model_dir, uninterrupted) -> None:
-    out = setup_dir / "ctrl_c"
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_interrupt_saves_and_the_printed_command_resumes_exactly(setup_dir, tiny_model_dir, uninterrupted, sig) -> None:
+    name = signal.Signals(sig).name
+    out = setup_dir / name
     run_dir = out / "grpo" / "version_0"
     args = fit_args(setup_dir, tiny_model_dir, out)
-    first = start_and_signal(args, run_dir / "checkpoints/step2.ckpt", signal.SIGINT)
-    assert first.returncode == 128 + signal.SIGINT, first.stderr[-3000:]
-    saved = re.search(r"SIGINT: saved step (\d+) to (\S+)", first.stderr)
+    first = start_and_signal(args, run_dir / "checkpoints/step2.ckpt", sig)
+    assert first.returncode == 128 + sig, first.stderr[-3000:]
+    saved = re.search(rf"{name}: saved step (\d+) to (\S+)", first.stderr)
     command = re.search(r"continue with: (openrs-pl .*)", first.stderr)
     assert saved and command, first.stderr[-3000:]
     assert Path(saved.group(2)).exists() and int(saved.group(1)) >= 2
@@ -202,7 +204,7 @@ def test_ctrl_c_saves_and_the_printed_command_resumes_exactly(setup_dir, tiny_mo
     assert "not resumable" not in resumed.stderr
     assert sorted(p.name for p in (out / "grpo").iterdir()) == ["version_0"]  # same log folder, no version_1
     diffs = max_differences(step_metrics(run_dir), uninterrupted)
-    report("Ctrl-C", diffs)
+    report(name, diffs)
     assert all(d <= 1e-6 for d in diffs.values()), diffs
 
 
