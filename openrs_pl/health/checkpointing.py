@@ -241,6 +241,9 @@ def resume_logger_version(config: Any) -> None:
         if explicit or Path(init_args.save_dir, name).resolve() != run_dir.parent:
             continue
         init_args.version = version
+        # Both true of the folder, and both wrong about what follows: the rows are kept, the checkpoints resumed.
+        for message in (r"Experiment logs directory .* will be deleted", r"Checkpoint directory .* exists and is not"):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
         metrics = run_dir / "metrics.csv"
         if class_path.endswith("CSVLogger") and metrics.is_file():
             os.replace(metrics, run_dir / KEPT_METRICS)

@@ -283,7 +283,11 @@ class TrainingHealth(L.Callback):
                 if "initial_lr" in group:
                     group["initial_lr"] *= self.rollback_lr_factor
         for config in trainer.lr_scheduler_configs:
-            config.scheduler.base_lrs = [lr * self.rollback_lr_factor for lr in config.scheduler.base_lrs]
+            scheduler = config.scheduler
+            scheduler.base_lrs = [lr * self.rollback_lr_factor for lr in scheduler.base_lrs]
+            lambdas = _lambdas(scheduler)  # empty for other schedulers
+            for group, base, fn in zip(scheduler.optimizer.param_groups, scheduler.base_lrs, lambdas, strict=False):
+                group["lr"] = base * fn(scheduler.last_epoch)  # the schedule's lr now, not the checkpoint's
         _resync_engines(trainer, pl_module)
         self.rollbacks += 1
         self._reset_history()
@@ -365,6 +369,11 @@ def _resync_engines(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         engine = getattr(cb, "engine", None)
         if engine is not None and getattr(engine, "model", None) is not getattr(pl_module, "policy", None):
             engine.sync_weights(pl_module.policy, force=True)
+
+
+def _lambdas(scheduler: Any) -> list[Any]:
+    """A LambdaLR's multipliers (the cosine-with-warm-up schedule is one); none for other schedulers."""
+    return list(getattr(scheduler, "lr_lambdas", []))
 
 
 def _rank_zero_warning(message: str) -> None:

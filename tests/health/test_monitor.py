@@ -106,6 +106,31 @@ def test_without_health_the_same_nan_poisons_the_weights(tiny_model_dir, tmp_pat
     assert not all(p.isfinite().all() for p in cli.model.policy.parameters())
 
 
+class ScaleAdvantages(L.Callback):
+    """At one step, multiplies the rollout's advantages (a reward on a wildly different scale): the gradient
+    norm jumps by the same factor."""
+
+    def __init__(self, at_step: int, factor: float) -> None:
+        self.at_step, self.factor = at_step, factor
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.at_step:
+            batch["rollout"].advantages.mul_(self.factor)
+
+
+def test_grad_norm_spike_stops_the_run(tiny_model_dir, tmp_path, caplog) -> None:
+    health = TrainingHealth(window=3, on_grad_spike="stop", grad_norm_floor=0.0)
+    cli = build(
+        tiny_model_dir, write_problems(tmp_path / "t.jsonl"), tmp_path, health,
+        "--model.rewards", "[{name: cosine, kwargs: {max_len: 8, gold_field: answer}}]", max_steps=8,
+    )  # fmt: skip
+    cli.trainer.callbacks.append(ScaleAdvantages(at_step=4, factor=1000.0))
+    with caplog.at_level(logging.WARNING, logger="openrs_pl.health"):
+        fit(cli)
+    assert health.counts["grad_spike"] == 1 and cli.trainer.global_step == 5
+    assert "grad spike at step 5: train/grad_norm" in caplog.text and "stopping at step 5" in caplog.text
+
+
 class PoisonParameter(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 1:
@@ -210,6 +235,8 @@ def test_accuracy_collapse_from_a_high_lr_rolls_back_with_a_lower_lr(warm_starte
         fit(cli)
     assert health.counts["collapse"] >= 1 and health.rollbacks == 1, caplog.text
     assert "collapse at step" in caplog.text and "rolled back to" in caplog.text
+    # The same jump in learning rate makes the KL spike (warned, training goes on).
+    assert health.counts["kl_spike"] >= 1 and "kl spike at step" in caplog.text
     restored_from = caplog.text.split("rolled back to ")[1].split(" ")[0]
     saved = torch.load(restored_from, map_location="cpu", weights_only=False)
     assert saved["global_step"] <= 4, "restored a checkpoint written after the learning rate was raised"
