@@ -29,6 +29,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -191,10 +192,33 @@ class ResumeInPlace(L.Callback):
     not resumable" warning when the DataModule restores its own position (``ProblemDataModule.state_dict``).
     """
 
+    def __init__(self) -> None:
+        self._fix_bar = False
+
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._fix_bar = True
         datamodule = trainer.datamodule
         if datamodule is not None and type(datamodule).state_dict is not L.LightningDataModule.state_dict:
             warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=UserWarning)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        """Resumed mid-epoch, Lightning's bar skips its epoch start: it counts from the restored batch but is sized,
+        one step late, by the steps left (``5/2``). Size it once: batches done + batches left."""
+        if not self._fix_bar:
+            return
+        self._fix_bar = False
+        left = trainer.num_training_batches - idx
+        if trainer.max_steps > 0:
+            left = min(left, trainer.max_steps - trainer.global_step)
+        bar = trainer.progress_bar_callback
+        if isinstance(bar, TQDMProgressBar) and bar._train_progress_bar is not None:
+            bar.train_progress_bar.reset(total=idx + left)
+            bar.train_progress_bar.n = idx
+        elif isinstance(bar, RichProgressBar) and bar.progress is not None:
+            if bar.train_progress_bar_id is None:
+                description = bar._get_train_description(trainer.current_epoch)
+                bar.train_progress_bar_id = bar._add_task(idx + left, description)
+            bar.progress.update(bar.train_progress_bar_id, total=idx + left, completed=idx)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
