@@ -359,8 +359,7 @@ def _scalar(value: Any) -> float:
 
 
 def _max_completion_length(pl_module: L.LightningModule) -> int | None:
-    generation = getattr(pl_module, "generation", None)
-    return getattr(generation, "max_completion_length", None)
+    return getattr(pl_module, "max_completion_length", None)
 
 
 def _resync_engines(trainer: L.Trainer, pl_module: L.LightningModule) -> None:

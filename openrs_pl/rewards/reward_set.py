@@ -48,7 +48,7 @@ from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
 from openrs_pl.rewards.repetition import repetition_reward
 
-RewardFunc = Callable[..., list[float | None]]
+RewardFunc = Callable[..., Sequence[float | None]]
 
 log = logging.getLogger("openrs_pl.rewards")
 

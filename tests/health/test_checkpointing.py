@@ -107,13 +107,13 @@ def setup_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) ->
 
 def fit_args(setup_dir: Path, model_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "fit", "--config", str(setup_dir / "every_step.yaml"), "--model.model", str(model_dir),
+        "fit", "--config", str(setup_dir / "every_step.yaml"), "--model.name_or_path", str(model_dir),
         "--data.source", str(setup_dir / "train.jsonl"), "--trainer.default_root_dir", str(out),
         "--trainer.logger.init_args.save_dir", str(out), "--trainer.max_steps", str(STEPS),
-        "--model.generation.max_completion_length", "8", "--data.prompts_per_step", "2",
+        "--rollout.max_completion_length", "8", "--data.prompts_per_step", "2",
         "--model.grpo.micro_batch_size", "12", "--model.optim.lr", "1e-3",
         # Length-dependent scores even for wrong answers: non-zero advantages from a random model.
-        "--model.rewards", "[{name: format}, {name: cosine, kwargs: {max_len: 8, gold_field: answer}}]", *extra,
+        "--rollout.rewards", "[{name: format}, {name: cosine, kwargs: {max_len: 8, gold_field: answer}}]", *extra,
     ]  # fmt: skip
 
 

@@ -34,10 +34,10 @@ def build(
     config.write_text(text)
     cli = cli_main(
         [
-            "--config", str(config), "--model.model", str(model_dir), "--data.source", str(data),
+            "--config", str(config), "--model.name_or_path", str(model_dir), "--data.source", str(data),
             "--trainer.max_steps", str(max_steps), "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-            "--model.generation.max_completion_length", "8", "--data.prompts_per_step", "2",
+            "--rollout.max_completion_length", "8", "--data.prompts_per_step", "2",
             "--model.grpo.micro_batch_size", "12", *extra,
         ],
         run=False,
@@ -122,7 +122,7 @@ def test_grad_norm_spike_stops_the_run(tiny_model_dir, tmp_path, caplog) -> None
     health = TrainingHealth(window=3, on_grad_spike="stop", grad_norm_floor=0.0)
     cli = build(
         tiny_model_dir, write_problems(tmp_path / "t.jsonl"), tmp_path, health,
-        "--model.rewards", "[{name: cosine, kwargs: {max_len: 8, gold_field: answer}}]", max_steps=8,
+        "--rollout.rewards", "[{name: cosine, kwargs: {max_len: 8, gold_field: answer}}]", max_steps=8,
     )  # fmt: skip
     cli.trainer.callbacks.append(ScaleAdvantages(at_step=4, factor=1000.0))
     with caplog.at_level(logging.WARNING, logger="openrs_pl.health"):
@@ -155,7 +155,7 @@ def test_truncating_everything_stops_the_run(tiny_model_dir, tmp_path, caplog) -
     health = TrainingHealth(window=2, on_truncation="stop")
     cli = build(
         tiny_model_dir, write_problems(tmp_path / "t.jsonl"), tmp_path, health,
-        "--model.generation.max_completion_length", "2", max_steps=6,
+        "--rollout.max_completion_length", "2", max_steps=6,
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="openrs_pl.health"):
         fit(cli)
@@ -169,7 +169,7 @@ def test_truncation_warns_once_and_keeps_training(tiny_model_dir, tmp_path, capl
     health = TrainingHealth(window=2, on_truncation="warn")
     cli = build(
         tiny_model_dir, write_problems(tmp_path / "t.jsonl"), tmp_path, health,
-        "--model.generation.max_completion_length", "2", max_steps=4,
+        "--rollout.max_completion_length", "2", max_steps=4,
     )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="openrs_pl.health"):
         fit(cli)
@@ -224,7 +224,7 @@ def test_accuracy_collapse_from_a_high_lr_rolls_back_with_a_lower_lr(warm_starte
     health = TrainingHealth(window=2, collapse_drop=0.5, on_collapse="rollback", rollback_lr_factor=0.05)
     cli = build(
         sft, data, tmp_path, health,
-        "--model.generation.max_completion_length", "40", "--data.prompts_per_step", "16",
+        "--rollout.max_completion_length", "40", "--data.prompts_per_step", "16",
         "--model.grpo.micro_batch_size", "48", "--model.optim.lr", "1e-4", "--model.optim.warmup_ratio", "0",
         "--model.optim.min_lr_rate", "1.0", max_steps=10, every=1,
     )  # fmt: skip

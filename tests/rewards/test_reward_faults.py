@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from openrs_pl.grpo.loss import group_advantages
+from openrs_pl.rollout.advantages import group_advantages
 from openrs_pl.rewards import RewardSet, RewardSpec
 from openrs_pl.rewards.reward_set import FAULT_COUNTERS, RewardFault
 
