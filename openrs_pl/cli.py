@@ -23,6 +23,7 @@ from openrs_pl.console import RunConsole, StepProgressBar, quiet_third_party
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
+from openrs_pl.health.checkpointing import resume_logger_version
 from openrs_pl.rollout.callback import RolloutCallback
 
 
@@ -52,6 +53,8 @@ class OpenRSCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         # Batch arithmetic is checked on the parsed config, before anything is built or loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand == "fit":
+            resume_logger_version(config)  # --ckpt_path continues in the checkpoint's version_N log folder
         fields = {k: v for k, v in vars(config.model.grpo).items() if not k.startswith("_")}
         GRPOConfig(**fields).check_batch(config.data.prompts_per_step * config.rollout.num_generations)
 

@@ -40,6 +40,7 @@ from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import LossOutput, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.health.monitor import step_allowed
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
 
 log = logging.getLogger("openrs_pl.grpo")
@@ -203,6 +204,9 @@ class GRPOModule(L.LightningModule):
             for name, value in out._asdict().items():
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
         grad_norm: Tensor | float | None = self._clip_gradients(opt)
+        if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
+            opt.zero_grad(set_to_none=True)
+            return totals["loss"]
         opt.step()
         if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
             grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
