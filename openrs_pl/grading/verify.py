@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, Literal
 
@@ -68,6 +68,11 @@ _ORDINAL_SUPERSCRIPT = re.compile(
 _CHOICE_GOLD = re.compile(r"\s*(?:\\text\{\s*)?\(?\s*([A-E])\s*\)?\s*\}?\s*")
 # A prediction that starts with a parenthesised choice letter, possibly inside \text{..}/\textbf{..}: "(C) Plane"
 _CHOICE_PRED = re.compile(r"\s*(?:\\[a-z]+\s*\{\s*)*\(\s*([A-E])\s*\)")
+# "Final answer for Subproblem 1: 3", "final answer to part (b): 3": the label's number is not the answer.
+_LABELLED_FINAL_ANSWER = re.compile(
+    r"(final answer)\s+(?:for|to|of)\s+(?:the\s+)?(?:sub-?)?(?:problem|part|question)\s*\(?[\w.]{1,4}\)?",
+    re.IGNORECASE,
+)
 _LATEX_SPACE = re.compile(r"\s+|\\[,;:! ]|~")
 _BRACED_SCRIPT = re.compile(r"([_^])\{(\w)\}")
 
@@ -100,8 +105,10 @@ def _configs() -> dict[str, list[Any]]:
     openrs_norm = NormalizationConfig(
         nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all", units=True
     )
+    no_units = replace(LatexExtractionConfig().normalization_config, units=False)
     return {
         "latex": [LatexExtractionConfig(), ExprExtractionConfig()],
+        "latex_no_units": [LatexExtractionConfig(normalization_config=no_units), ExprExtractionConfig()],
         "expr": [ExprExtractionConfig()],
         "solution": [LatexExtractionConfig()],
         "openrs": [
@@ -110,6 +117,10 @@ def _configs() -> dict[str, list[Any]]:
             )
         ],
         "lighteval": [ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)],
+        "lighteval_no_units": [
+            ExprExtractionConfig(),
+            LatexExtractionConfig(boxed_match_priority=0, normalization_config=no_units),
+        ],
     }
 
 
@@ -201,8 +212,11 @@ def answer_tail(completion: str, tail_chars: int = _TAIL_CHARS) -> str:
     return completion[max(0, start) :]
 
 
-def parse_gold(gold: str, gold_mode: GoldMode) -> list[Any]:
-    """Parse a gold answer as the mode prescribes (no timeout of its own: call inside a worker)."""
+def parse_gold(gold: str, gold_mode: GoldMode, units: bool = True) -> list[Any]:
+    """Parse a gold answer as the mode prescribes (no timeout of its own: call inside a worker).
+
+    ``units=False`` keeps letters latex2sympy would strip as units (see :func:`unit_letter_is_variable`).
+    """
     from math_verify import parse
 
     if gold_mode == "solution":
@@ -211,17 +225,36 @@ def parse_gold(gold: str, gold_mode: GoldMode) -> list[Any]:
         return parse(gold, _configs()["expr"], parsing_timeout=None)
     if sci_gold_value(gold) is not None:
         gold = sci_to_latex(gold.strip().strip("$"))
-    return parse(wrap_gold(gold), _configs()["latex"], parsing_timeout=None)
+    return parse(wrap_gold(gold), _configs()["latex" if units else "latex_no_units"], parsing_timeout=None)
 
 
-def parse_pred(completion: str, pred_mode: PredMode) -> list[Any]:
+def unit_letter_is_variable(gold: str, parsed: list[Any]) -> bool:
+    """Whether unit stripping removed a one-letter *variable* from a LaTeX gold.
+
+    latex2sympy drops unit names, including one-letter ones (``m`` metre, ``t`` tonne, ``c``), so the gold
+    ``6m`` (OlympiadBench: "6m blue cells" for an ``4 x m`` grid) parses to ``6`` and ``\\frac{1}{m} t`` to
+    ``1/m``; a wrong ``\\boxed{6}`` would then be graded correct. Units spelled as words (``\\text{ cents}``,
+    ``\\mbox{ inches}^2``) leave multi-letter symbols and keep being stripped, so ``\\boxed{5.4}`` still matches
+    ``5.4 \\text{ cents}``.
+    """
+    from sympy import Basic
+
+    kept = parse_gold(gold, "latex", units=False)
+    if not parsed or not kept or not isinstance(parsed[0], Basic) or not isinstance(kept[0], Basic):
+        return False
+    dropped = {str(x) for x in kept[0].free_symbols} - {str(x) for x in parsed[0].free_symbols}
+    return bool(dropped) and all(len(name) == 1 for name in dropped)
+
+
+def parse_pred(completion: str, pred_mode: PredMode, units: bool = True) -> list[Any]:
     """Parse a completion's final answer as the mode prescribes (no timeout of its own: call inside a worker)."""
     from math_verify import parse
 
     text = rewrite_boxed_sci(answer_tail(completion))
     if pred_mode == "openrs":
         return parse(text, _configs()["openrs"], extraction_mode="first_match", parsing_timeout=None)
-    return parse(strip_ordinals(text), _configs()["lighteval"], parsing_timeout=None)
+    text = _LABELLED_FINAL_ANSWER.sub(r"\1", strip_ordinals(text))
+    return parse(text, _configs()["lighteval" if units else "lighteval_no_units"], parsing_timeout=None)
 
 
 def _without_percent(expr: Any) -> Any:
@@ -284,12 +317,30 @@ def _verify_pairs(gold: list[Any], pred: list[Any], pred_mode: PredMode) -> tupl
                     ok = verify(p, g, timeout_seconds=None, raise_on_error=True)
                 else:
                     ok = verify(g, p, float_rounding=5, timeout_seconds=None, raise_on_error=True)
+                    ok = ok or _equal_in_exponentials(g, p)
             except Exception as e:  # noqa: BLE001 - any failure of sympy must score 0, never crash a step
                 error = f"{type(e).__name__}: {e}"[:500]
                 continue
             if ok:
                 return True, None
     return False, error
+
+
+def _equal_in_exponentials(gold: Any, pred: Any) -> bool:
+    """Whether two expressions with hyperbolic functions are equal once those are written as exponentials.
+
+    sympy's ``simplify`` does not rewrite ``sinh(a t)/a`` as ``(e^{at} - e^{-at})/(2a)``; Minerva's differential
+    equation answers are written either way.
+    """
+    from sympy import Eq, Expr, exp, simplify
+    from sympy.functions.elementary.hyperbolic import HyperbolicFunction
+
+    gold, pred = (x.rhs if isinstance(x, Eq) else x for x in (gold, pred))
+    if not (isinstance(gold, Expr) and isinstance(pred, Expr)):
+        return False
+    if not (gold.has(HyperbolicFunction) or pred.has(HyperbolicFunction)):
+        return False
+    return simplify((gold - pred).rewrite(exp)) == 0
 
 
 def grade_local(completion: str, gold: str, gold_mode: GoldMode = "latex", pred_mode: PredMode = "openrs") -> Verdict:
@@ -305,7 +356,10 @@ def grade_local(completion: str, gold: str, gold_mode: GoldMode = "latex", pred_
             if pred_mode == "openrs":
                 return Verdict(False, "", False, False, None)
             gold_parsed = [gold]
-        pred_parsed = parse_pred(completion, pred_mode)
+        units = not (pred_mode == "lighteval" and gold_mode == "latex" and unit_letter_is_variable(gold, gold_parsed))
+        if not units:
+            gold_parsed = parse_gold(gold, gold_mode, units=False)
+        pred_parsed = parse_pred(completion, pred_mode, units=units)
         pred_text = str(pred_parsed[-1]) if pred_parsed else ""
         correct, error = _verify_pairs(gold_parsed, pred_parsed, pred_mode)
         sci_value = sci_gold_value(gold) if gold_mode == "latex" else None
