@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from openrs_pl.eval.records import EvalRecord, TruncatedPolicy
+from openrs_pl.grading import WORKER_DIED
 from openrs_pl.metrics.passk import PassAtK
 
 # Column titles of Table 1, in its order.
@@ -81,6 +82,7 @@ def summarize_benchmark(
         "gold_parse_failures": sum(not r.gold_ok for r in records),
         "grading_timeouts": sum(r.timed_out for r in records),
         "grading_errors": sum(r.error is not None for r in records),
+        "grader_crashes": sum(r.error is not None and r.error.startswith(WORKER_DIED) for r in records),
     }
 
 

@@ -5,7 +5,17 @@ settings, plus documented fixes); :mod:`~openrs_pl.grading.pool` runs that in wo
 wall-clock limit. Import only the standard library and math-verify here: grading workers import this package.
 """
 
-from openrs_pl.grading.pool import GradingPool, get_pool, grade, grade_batch
+from openrs_pl.grading.pool import WORKER_DIED, GradingPool, get_pool, grade, grade_batch
 from openrs_pl.grading.verify import GoldMode, PredMode, Verdict, grade_local
 
-__all__ = ["GoldMode", "GradingPool", "PredMode", "Verdict", "get_pool", "grade", "grade_batch", "grade_local"]
+__all__ = [
+    "WORKER_DIED",
+    "GoldMode",
+    "GradingPool",
+    "PredMode",
+    "Verdict",
+    "get_pool",
+    "grade",
+    "grade_batch",
+    "grade_local",
+]

@@ -7,9 +7,10 @@ runs in the worker's main thread under a soft ``setitimer`` deadline of ``timeou
 answer by ``timeout_s + _KILL_GRACE_S`` (e.g. stuck in C code that never returns to the interpreter) it is killed
 and replaced: the verdict is ``correct=False, timed_out=True``. A worker that dies mid-task (killed, out of memory)
 is replaced too, and its sample is scored ``correct=False`` with ``error="grading worker died: ..."``; an exception
-in math-verify gives ``correct=False`` with its text in ``error``. ``GradingPool.restarts`` and
-``GradingPool.deaths`` count replacements, and callers count the verdicts' errors (``rewards/<name>/errors``,
-``grading_errors`` in eval results).
+in math-verify gives ``correct=False`` with its text in ``error``. ``GradingPool.restarts`` counts replacements
+and ``GradingPool.crashes`` the tasks lost to a dying worker (each logged as a warning); callers count the verdicts
+whose error starts with :data:`WORKER_DIED` (``rewards/<name>/grader_crashes``, ``grader_crashes`` in eval
+results).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ from typing import IO, Any
 
 from openrs_pl.grading.verify import GoldMode, PredMode, Verdict, grade_local
 
+logger = logging.getLogger(__name__)
+
+WORKER_DIED = "grading worker died"
+"""The start of a Verdict's ``error`` when its worker process died mid-task (the sample is scored 0)."""
 _KILL_GRACE_S = 2.0
 _WORKER_START_TIMEOUT_S = 60.0
 
@@ -121,6 +126,14 @@ class _Worker:
                     pass
 
 
+def _exit_code(worker: _Worker) -> int | None:
+    """The exit code of a worker whose pipe closed (None if it is somehow still running after a second)."""
+    try:
+        return worker.proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 class GradingPool:
     """A small persistent pool of grading subprocesses with a per-task wall-clock limit.
 
@@ -131,6 +144,7 @@ class GradingPool:
         self._workers = [_Worker() for _ in range(workers)]
         self._lock = threading.Lock()
         self.restarts = 0
+        self.crashes = 0
 
     def _await_ready(self, worker: _Worker) -> None:
         if not worker.ready:
@@ -176,7 +190,10 @@ class GradingPool:
                     try:
                         results[task] = Verdict(*worker.recv())
                     except (EOFError, pickle.UnpicklingError) as e:  # the worker died (e.g. out of memory)
-                        results[task] = Verdict(False, "", True, False, f"grading worker died: {e!r}")
+                        code = _exit_code(worker)
+                        results[task] = Verdict(False, "", True, False, f"{WORKER_DIED} (exit code {code}): {e!r}")
+                        self.crashes += 1
+                        logger.warning("%s (exit code %s); replaced, its sample scored 0", WORKER_DIED, code)
                         self._replace(w)
                 now = time.monotonic()
                 for w, (task, deadline) in list(busy.items()):

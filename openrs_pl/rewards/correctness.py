@@ -10,7 +10,7 @@ advantage) or ``"skip"`` (``None``: the function does not apply, and the sample'
 
 Grading runs in :func:`openrs_pl.grading.grade_batch` with a per-completion wall-clock limit
 ``timeout_s``; a timeout or an exception counts as a wrong answer (accuracy 0.0) and is counted (``timeouts``,
-``errors``).
+``errors``; ``grader_crashes`` for a grading worker that died mid-task and was replaced).
 
 The cosine reward (Open-RS Exp 3) and its recipe quirks are in :mod:`openrs_pl.rewards.cosine`.
 """
@@ -21,7 +21,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from openrs_pl.grading import Verdict, grade_batch
+from openrs_pl.grading import WORKER_DIED, Verdict, grade_batch
 from openrs_pl.rewards.completion_text import completion_texts
 from openrs_pl.rewards.counters import count
 
@@ -59,6 +59,7 @@ def grade_completions(
     count("gold_unparsed", len(unparsed))
     count("timeouts", sum(v.timed_out for v in verdicts))
     count("errors", sum(v.error is not None for v in verdicts))
+    count("grader_crashes", sum(v.error is not None and v.error.startswith(WORKER_DIED) for v in verdicts))
     return verdicts
 
 

@@ -7,10 +7,13 @@ import signal
 import threading
 import time
 
+import pytest
 import torch
 
-from openrs_pl.grading import GradingPool, Verdict, grade, grade_batch
+from openrs_pl.grading import WORKER_DIED, GradingPool, Verdict, get_pool, grade, grade_batch
 from openrs_pl.grading.pool import _KILL_GRACE_S
+from openrs_pl.rewards.correctness import accuracy_reward
+from openrs_pl.rewards.counters import collecting
 
 
 def boxed(answer: str) -> str:
@@ -97,7 +100,28 @@ def test_dead_worker_is_replaced() -> None:
         victim = pool.pids[0]
         threading.Timer(0.5, os.kill, (victim, signal.SIGKILL)).start()  # dies mid-task
         verdict = pool.map([(ADVERSARIAL["deep_nesting"], "1", "latex", "openrs")], 30.0)[0]
-        assert not verdict.correct and verdict.error is not None and "died" in verdict.error
-        assert pool.restarts == 2
+        assert not verdict.correct and verdict.error is not None and verdict.error.startswith(WORKER_DIED)
+        assert pool.restarts == 2 and pool.crashes == 1
     finally:
         pool.close()
+
+
+def test_crashed_worker_is_replaced_and_its_sample_counted(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 13: a grading worker killed for real mid-task; the reward call survives, scores that sample 0, and
+    counts it (``grader_crashes`` and ``errors`` reach ``rewards/<name>/...`` through RewardSet's counters)."""
+    shared = get_pool()
+    grade(boxed("1"), "1")  # workers started
+    crashes, restarts = shared.crashes, shared.restarts
+    victims = list(shared.pids)
+    killer = threading.Timer(0.5, lambda: [os.kill(pid, signal.SIGKILL) for pid in victims])
+    killer.start()
+    with collecting() as counts, caplog.at_level("WARNING", logger="openrs_pl.grading.pool"):
+        # a slow task, so the kill lands mid-task
+        rewards = accuracy_reward([ADVERSARIAL["deep_nesting"]], solution=["\\boxed{1}"], timeout_s=30.0)
+    killer.join()
+    assert rewards == [0.0]
+    assert counts["grader_crashes"] == 1 and counts["errors"] == 1
+    assert shared.crashes == crashes + 1 and shared.restarts >= restarts + 1
+    assert "grading worker died (exit code -9)" in caplog.text
+    assert not set(shared.pids) & set(victims)  # every killed worker was replaced
+    assert accuracy_reward([boxed("2"), boxed("3")], solution=["\\boxed{2}"] * 2) == [1.0, 0.0]

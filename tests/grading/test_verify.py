@@ -133,6 +133,25 @@ EQUIVALENCES = [
     (boxed("E_{1}, E_{3}"), "E_{1},E_{2}", False, False),
     (boxed(r"E_1,\, E_2"), "E_{1},E_{2}", False, True),
     (boxed("E_{12}, E_{2}"), "E_{1},E_{2}", False, False),
+    # hyperbolic functions equal their exponential form (Minerva's differential equations)
+    (boxed(r"\frac{\sinh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, True),
+    (boxed(r"x(t) = \frac{\sinh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, True),
+    (boxed(r"\frac{1}{2a}(e^{at}-e^{-at})"), r"\sinh(at)/a", False, True),
+    (boxed(r"\frac{\cosh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, False),
+    (boxed(r"\sinh(at)"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, False),
+    # a one-letter variable is not a unit: 6m (m the grid width), t/m (t the time), 37m/4 (m the mass)
+    (boxed("6m"), "$6m$", True, True),
+    (boxed("6"), "$6m$", True, False),
+    (boxed(r"\frac{37m}{4}"), r"\frac{37}{4} m", False, True),
+    (boxed(r"\frac{37}{4}"), r"\frac{37}{4} m", True, False),
+    (boxed(r"\frac{t}{m}"), r"\frac{1}{m} t", False, True),
+    (boxed(r"\frac{1}{m}"), r"\frac{1}{m} t", True, False),
+    (boxed("5.4"), r"5.4 \text{ cents}", True, True),  # a unit spelled as a word is still dropped
+    (boxed("15"), r"15\mbox{ cm}^2", True, True),
+    # unboxed prose: a label's number ("Subproblem 1") is not the answer
+    ("So the quantity is 3 bushels.\n\n**Final answer for Subproblem 1:** 3 bushels", "3", False, True),
+    ("So the quantity is 3 bushels.\n\n**Final answer for Subproblem 1:** 3 bushels", "1", False, False),
+    ("Final answer to part (b): 7", "7", False, True),
 ]
 
 
@@ -140,11 +159,6 @@ EQUIVALENCES = [
 def test_equivalence_table(completion: str, gold: str, openrs: bool, lighteval: bool) -> None:
     assert grade(completion, gold, "latex", "openrs").correct is openrs
     assert grade(completion, gold, "latex", "lighteval").correct is lighteval
-
-
-def test_table_is_large_and_balanced() -> None:
-    assert len(EQUIVALENCES) >= 40
-    assert sum(not openrs for _, _, openrs, _ in EQUIVALENCES) >= 15
 
 
 def test_gold_modes() -> None:
