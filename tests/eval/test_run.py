@@ -251,8 +251,8 @@ def _check_outputs(out: Path, per_bench: int, samples: int) -> dict:
 
 @pytest.mark.slow
 def test_end_to_end_hf_engine_cli(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    main(["--model", str(tiny_model_dir), "--engine", "hf", "--limit", "5", "--max-new-tokens", "24",
-          "--output-dir", str(tmp_path), "--samples", "2"])  # fmt: skip
+    main(["--model", str(tiny_model_dir), "--engine", "hf", "--limit", "5", "--max_new_tokens", "24",
+          "--output_dir", str(tmp_path), "--samples", "2"])  # fmt: skip
     results = _check_outputs(tmp_path, per_bench=5, samples=2)
     assert results["engine"] == "hf"
     assert "Zero-shot pass@1" in capsys.readouterr().out
