@@ -264,9 +264,9 @@ def run_shards(cfg: EvalConfig, workers: int) -> None:
 
 def clear_outputs(output_dir: Path) -> None:
     """Delete what an earlier run left in ``output_dir`` (completions, results, manifest); other files stay."""
-    for path in [*completion_files(output_dir), output_dir / MANIFEST_FILE]:
+    for path in completion_files(output_dir):
         path.unlink()
-    for name in ("results.json", "results.md"):
+    for name in (MANIFEST_FILE, "results.json", "results.md"):
         (output_dir / name).unlink(missing_ok=True)
 
 

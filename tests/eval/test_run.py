@@ -149,6 +149,21 @@ def test_completions_without_a_manifest_are_refused(
     (tmp_path / MANIFEST_FILE).unlink()  # a folder written before manifests existed
     with pytest.raises(StaleOutputError, match="without a run.json"):
         run_eval(_cfg(tiny_model_dir, tmp_path, samples=1), engine=engine)
+    (tmp_path / "notes.txt").write_text("mine")
+    results = run_eval(replace(_cfg(tiny_model_dir, tmp_path, samples=1), overwrite=True), engine=engine)
+    assert results["run"]["reused_completions"] == 0 and (tmp_path / MANIFEST_FILE).exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"  # only our outputs are deleted
+
+
+def test_a_manifest_without_completions_is_replaced(
+    tiny_model_dir: Path, tmp_path: Path, engine: ScriptedEngine
+) -> None:
+    """A run that failed before writing any completion leaves only run.json; another run may use the folder."""
+    run_eval(_cfg(tiny_model_dir, tmp_path, samples=1), engine=engine)
+    (tmp_path / COMPLETIONS_FILE).unlink()
+    results = run_eval(replace(_cfg(tiny_model_dir, tmp_path, samples=1), temperature=1.0), engine=engine)
+    assert results["run"]["reused_completions"] == 0
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["identity"]["temperature"] == 1.0
 
 
 def test_stale_folder_through_the_console_script(tiny_model_dir: Path, tmp_path: Path) -> None:
