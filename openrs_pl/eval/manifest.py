@@ -74,15 +74,16 @@ def run_identity(
 
 
 def check_manifest(output_dir: Path, identity: dict[str, Any], model: str, has_completions: bool) -> None:
-    """Refuse to resume from completions another run produced; write the manifest for a fresh folder.
+    """Refuse to resume from completions another run produced; write the manifest for a folder without any.
 
     Raises:
         StaleOutputError: ``output_dir`` holds completions but no manifest, or a manifest that differs from
             ``identity``; the message names the first differing setting and the two ways out.
     """
     path = output_dir / MANIFEST_FILE
+    # A manifest without completions (a run that failed before its first batch) protects nothing: replaced.
     fix = f"use --output_dir NEW for a new folder, or --overwrite true to delete the completions in {output_dir}"
-    if path.exists():
+    if path.exists() and has_completions:
         stored = json.loads(path.read_text(encoding="utf-8"))
         for key, value in identity.items():
             if stored.get("identity", {}).get(key) != value:
