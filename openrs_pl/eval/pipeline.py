@@ -12,7 +12,7 @@ from typing import Any
 from openrs_pl.data.benchmarks import BENCHMARKS
 from openrs_pl.data.prompts import build_chat_prompt, format_eval_problem
 from openrs_pl.eval.records import EvalRecord
-from openrs_pl.grading import grade_batch
+from openrs_pl.grading import GoldMode, grade_batch
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
 
 Generate = Callable[[list[list[int]], SamplingConfig], GenerationOutput]
@@ -75,7 +75,7 @@ def grade_records(records: list[EvalRecord], timeout_s: float = 5.0) -> list[Eva
 
     This is the one grading path of ``openrs-pl eval``, the validation callback and the grader-agreement study.
     """
-    by_mode: dict[str, list[EvalRecord]] = {}
+    by_mode: dict[GoldMode, list[EvalRecord]] = {}
     for record in records:
         by_mode.setdefault(BENCHMARKS[record.benchmark].gold_mode, []).append(record)
     for gold_mode, group in by_mode.items():

@@ -298,7 +298,7 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
     workers = cfg.data_parallel if cfg.data_parallel is not None else max(1, len(visible_gpus()))
     if cfg.shard_index is None and workers > 1 and engine is None:
         run_shards(cfg, workers)
-        engine_name = resolve_engine_name(cfg.engine)
+        engine_name: str = resolve_engine_name(cfg.engine)
     else:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         items = missing_work(cfg, problems, set(before))

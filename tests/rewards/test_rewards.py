@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
+from openrs_pl.grading import Verdict
 from openrs_pl.rewards import REWARD_REGISTRY, RewardSet, RewardSpec, correctness, validate_reward_specs
 from openrs_pl.rewards.completion_text import as_messages
 from openrs_pl.rewards.correctness import accuracy_reward, length_reward
 from openrs_pl.rewards.cosine import cosine_reward
 from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
-from openrs_pl.grading import Verdict
 from openrs_pl.rewards.repetition import repetition_reward
 
 REPO = Path(__file__).resolve().parents[2]
