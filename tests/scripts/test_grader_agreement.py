@@ -28,8 +28,8 @@ FLOORS = {
     "aime24": 99.0,
     "amc23": 99.0,
     "math (MATH test, first 100 problems)": 99.0,
-    "math500": 96.1,
-    "minerva_math": 88.0,
+    "math500": 96.4,  # 97.44 measured (96.1 before the study graded against the bundled golds)
+    "minerva_math": 88.5,
     "olympiadbench": 95.0,
 }
 _TIMES_TEN = re.compile(r"(-?\d+(?:\.\d+)?)\\times10\^\{?(-?\d+)\}?")
