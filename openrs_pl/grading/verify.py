@@ -4,7 +4,7 @@ No timeout of its own: :mod:`openrs_pl.grading.pool` runs these functions in wor
 
 Used by the ``accuracy``/``cosine``/``length`` rewards and by evaluation, so training and evaluation grade alike.
 
-Parse settings (the Open-RS recipe's ``src/open_r1/rewards.py`` and its lighteval tasks, ``src/open_r1/evaluate.py``):
+Parse settings (the Open-RS recipe's reward code, github.com/knoveleng/open-rs, and lighteval's math metric):
 
 * ``pred_mode="openrs"`` is the recipe's accuracy reward: ``LatexExtractionConfig`` with ``NormalizationConfig(
   nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all", units=True)``,
