@@ -247,7 +247,7 @@ def run_ours(settings: Settings, model_dir: Path, data_file: Path, work_dir: Pat
 
     # First in the list, so the step starts before the RolloutCallback generates.
     cli.trainer.callbacks.insert(0, ClockCallback())
-    cli.model.configure_model()  # load the policy now (fit would, after the data) to wrap its generate
+    cli.model.load_models()  # load the policy now (fit would, after the data) to wrap its generate
     meter = GenerationMeter(cli.model.tokenizer.eos_token_id)
     meter.install(cli.model.policy)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

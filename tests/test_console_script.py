@@ -69,7 +69,7 @@ def test_export_works_from_the_checkpoint_alone(
 ) -> None:
     # The base-model folder has "moved": the checkpoint's own config and tokenizer files are used.
     ckpt = torch.load(fitted[1], map_location="cpu", weights_only=False)
-    ckpt["hyper_parameters"]["model"] = str(tmp_path / "moved_away")
+    ckpt["hyper_parameters"]["name_or_path"] = str(tmp_path / "moved_away")
     moved = tmp_path / "moved.ckpt"
     torch.save(ckpt, moved)
     assert main(["export", str(moved), str(tmp_path / "hf")]) == 0

@@ -101,7 +101,7 @@ def measure_training_step(model_dir: Path, case: Case) -> dict[str, int]:
         gradient_checkpointing=case.checkpointing,
         torch_dtype=case.dtype,
     )
-    module.configure_model()  # loads policy and reference now, so their storages count as the baseline
+    module.load_models()  # loads policy and reference now, so their storages count as the baseline
     models = (module.policy, module.reference)
     tracker = LiveTensorBytes([t.untyped_storage() for m in models for t in [*m.parameters(), *m.buffers()]])
     found: dict[str, int] = {"logits_kept": 0}

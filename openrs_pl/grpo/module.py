@@ -6,8 +6,8 @@ One ``training_step`` consumes one generation batch: the rank's ``prompts_per_st
 rollout into micro-batches of ``grpo.micro_batch_size`` completions and takes ``grpo.num_iterations`` optimizer
 steps on it (manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step).
 Log-probs are in :mod:`openrs_pl.grpo.logprobs`, all loss math in :mod:`openrs_pl.grpo.loss`; this class only
-wires models, data and logging together. The weights load in :meth:`configure_model`, after the config and the
-data have been checked.
+wires models, data and logging together. The weights load in :meth:`setup` (:meth:`load_models`), after the
+config and the data have been checked.
 
 Logged metrics (``train/`` prefix; names are stable): ``loss``, ``policy_loss``, ``kl``, ``clip_ratio``,
 ``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``, ``completions/mean_length``,
@@ -93,8 +93,13 @@ class GRPOModule(L.LightningModule):
         # (so not checkpointed twice) and never wrapped by the strategy.
         self._reference: list[nn.Module] = []
 
-    def configure_model(self) -> None:
-        """Load tokenizer, policy and (with ``beta > 0``) the frozen reference; called once, after setup()."""
+    def load_models(self) -> None:
+        """Load tokenizer, policy and (with ``beta > 0``) the frozen reference, once.
+
+        Called from :meth:`setup`, after the DataModule's setup (so data errors come first) and outside
+        Lightning's ``configure_model`` hook, which DeepSpeed ZeRO-3 runs inside ``zero.Init``: there
+        ``from_pretrained`` would initialise already-partitioned (empty) parameters and fail.
+        """
         if hasattr(self, "policy"):
             return
         self.tokenizer = AutoTokenizer.from_pretrained(self._name_or_path)
@@ -108,7 +113,7 @@ class GRPOModule(L.LightningModule):
             self._reference.append(ref)
 
     # ------------------------------------------------------------------------ PolicySource (the rollout's view)
-    # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from configure_model on.
+    # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from load_models on.
     policy: nn.Module
     tokenizer: Any
 
@@ -126,6 +131,7 @@ class GRPOModule(L.LightningModule):
         return self._reference[0] if self._reference else None
 
     def setup(self, stage: str) -> None:
+        self.load_models()
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
         # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
         if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:

@@ -102,7 +102,7 @@ class RolloutCallback(L.Callback):
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After configure_model (the policy exists) and after the strategy moved it to its device.
+        # After the module's setup (the policy exists) and after the strategy moved it to its device.
         if self.engine is not None:
             return
         source = policy_source(pl_module)

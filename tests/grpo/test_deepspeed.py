@@ -107,7 +107,7 @@ def reference_update(model_dir: Path, run_dir: Path, ranks: list[dict[str, Any]]
         max_completion_length=rollout["max_completion_length"],
         torch_dtype="float32",
     )
-    module.configure_model()
+    module.load_models()
     module.policy.train()
     assert max_diff(dict(module.policy.state_dict()), ranks[0]["initial"]) == 0
     rollouts = [module._score_logprobs(r["rollouts"][0]) for r in ranks]

@@ -36,7 +36,7 @@ def make_module(model_dir: Path, beta: float = 0.0, lr: float = 1e-2, **grpo: ob
         temperature=1.0,
         max_completion_length=8,
     )
-    module.configure_model()
+    module.load_models()
     return module
 
 
@@ -117,7 +117,7 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
         (lambda d: RolloutCallback(rewards=[]), "rewards is empty"),
         (lambda d: RolloutCallback(rewards=[RewardSpec("format")], num_generations=1), "num_generations must be >= 2"),
         (lambda d: GRPOModule(name_or_path="./does/not/exist"), "does not exist"),
-        (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in configure_model
+        (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in setup
     ],
 )
 def test_bad_config_fails_before_loading(tiny_model_dir: Path, build, message: str, monkeypatch) -> None:

@@ -77,7 +77,7 @@ def make_module(model_dir: Path, micro_batch_size: int = 2, lr: float = 1e-2, **
         max_completion_length=MAX_COMPLETION_LENGTH,
         torch_dtype="float32",
     )
-    module.configure_model()
+    module.load_models()
     perturb(module.policy)
     return module
 
