@@ -2,7 +2,7 @@
 
 openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.max_steps 50
 openrs-pl fit --config configs/tiny_cpu.yaml --print_config
-openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
+openrs-pl eval --model runs/x/hf_model --benchmarks '[aime24, amc23]'
 openrs-pl export CHECKPOINT OUT_DIR        (a .ckpt file or a DeepSpeed checkpoint folder)
 openrs-pl plan --config configs/openrs_exp3.yaml --gpu-memory 40
 openrs-pl report runs/demo                 (HTML page + PNGs of a run's curves, samples and cost)

@@ -11,6 +11,11 @@ The ``answer`` of each row is the gold that grading uses (see ``openrs_pl/data/b
   them, as Qwen's ``strip("$")`` does, breaks the 20 multi-part answers such as ``$69$,$84$`` (into ``69$,$84``)
   and removes the delimiters math-verify's LaTeX extractor needs (``$2n-2$`` parses, bare ``2n-2`` does not).
 - **math500**: ``answer`` equals the last ``\\boxed{}`` of ``solution`` (the recipe's gold column) on all 500 rows.
+
+Seven golds are corrected when loaded (:data:`GOLD_CORRECTIONS`): written in numpy syntax, with a stray sentence
+period, or with a variable name glued to the answer, they parsed to another value or to nothing. The bundled
+files stay byte-identical to their sources (their sha256 is checked); the source's text stays in
+``answer_source``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,38 @@ class BenchmarkSpec:
     gold_mode: Literal["latex", "expr"]
 
 
+# (benchmark, id) -> (the source's gold, the corrected gold, why). Found by the audit in tests/data/test_golds.py:
+# every gold must parse, to its whole text, and to the value of the source's own final answer.
+GOLD_CORRECTIONS: dict[tuple[str, int | str], tuple[str, str, str]] = {
+    ("minerva", 5): (
+        "np.arcsin(10/13)",
+        "\\arcsin\\left(\\frac{10}{13}\\right)",
+        "numpy syntax (lm-eval style); parsed as the text 'np.arcsin(10/13)', which no answer can match",
+    ),
+    ("minerva", 38): ("-1./3", "-\\frac{1}{3}", "numpy float literal '1.'; did not parse as a number"),
+    ("minerva", 49): ("-3./2", "-\\frac{3}{2}", "numpy float literal '3.'; did not parse as a number"),
+    ("olympiadbench", 1970): (
+        "$(-\\infty, 0) \\cup\\{1\\}$.",
+        "$(-\\infty, 0) \\cup\\{1\\}$",
+        "trailing sentence period; the gold parsed as 0, so a wrong \\boxed{0} was graded correct",
+    ),
+    ("olympiadbench", 1782): (
+        "$m_{\\max }=n^{2}-n-1$",
+        "$n^{2}-n-1$",
+        "the asked-for value behind a name with \\max in its subscript; parsed only as text",
+    ),
+    ("olympiadbench", 1965): (
+        "$f(x)=a x+b$, where $b$ is an arbitrary integer, and $a$ is an arbitrary positive integer with $\\mho(a)=0$",
+        "$f(x)=a x+b$",
+        "the function family followed by its conditions in prose; the whole sentence parsed as 0",
+    ),
+    ("olympiadbench", 2045): (
+        "$t(0,4]$",
+        "$(0,4]$",
+        "the variable t glued to the interval (t in (0,4]); parsed only as text",
+    ),
+}
+
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     spec.name: spec
     for spec in (
@@ -50,6 +87,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 def load_benchmark(name: str) -> list[dict[str, Any]]:
     """The rows of benchmark ``name``, each with ``"id"``, ``"problem"`` and the grading gold ``"answer"``.
 
+    The golds in :data:`GOLD_CORRECTIONS` are replaced; every row has ``"answer_source"``, the source's gold text.
     Other source columns (``solution``, ``answer_deepscaler``, ``final_answer``, ...) are kept unchanged.
 
     Raises:
@@ -69,4 +107,14 @@ def load_benchmark(name: str) -> list[dict[str, Any]]:
     ids = [row["id"] for row in rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"benchmark {name!r} has {len(ids) - len(set(ids))} repeated ids")
+    for row in rows:
+        row["answer_source"] = row["answer"]
+        correction = GOLD_CORRECTIONS.get((name, row["id"]))
+        if correction is not None:
+            source, row["answer"], _ = correction
+            if row["answer_source"] != source:
+                raise ValueError(
+                    f"benchmark {name!r} row {row['id']}: gold {row['answer_source']!r} is not the "
+                    f"{source!r} GOLD_CORRECTIONS expects: the bundled file changed"
+                )
     return rows

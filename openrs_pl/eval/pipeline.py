@@ -1,18 +1,18 @@
 """Generate-then-grade for benchmark problems, shared by ``openrs-pl eval`` and the in-training validation callback.
 
-A *record* is one completion as written to ``completions.jsonl``: which problem and sample it is, the text, its
-length and whether it hit the token limit, and the grader's verdict (extracted answer, gold, correct or not).
+A record (:class:`~openrs_pl.eval.records.EvalRecord`) is one completion as written to ``completions.jsonl``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from openrs_pl.data.benchmarks import BENCHMARKS
 from openrs_pl.data.prompts import build_chat_prompt, format_eval_problem
-from openrs_pl.rewards.grading import GoldMode, grade_batch
+from openrs_pl.eval.records import EvalRecord
+from openrs_pl.grading import GoldMode, grade_batch
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
 
 Generate = Callable[[list[list[int]], SamplingConfig], GenerationOutput]
@@ -37,7 +37,7 @@ def encode_eval_prompts(tokenizer: Any, problems: Sequence[str]) -> list[list[in
 
 def generate_records(
     generate: Generate, tokenizer: Any, items: Sequence[WorkItem], sampling: SamplingConfig
-) -> list[dict[str, Any]]:
+) -> list[EvalRecord]:
     """Sample ``len(item.samples)`` completions for each item, in one request; all items must want as many.
 
     Returns:
@@ -49,46 +49,40 @@ def generate_records(
     if any(len(item.samples) != n for item in items):
         raise ValueError("all items of one request must ask for the same number of samples")
     prompt_ids = encode_eval_prompts(tokenizer, [item.row["problem"] for item in items])
-    out = generate(prompt_ids, SamplingConfig(**{**sampling.__dict__, "n": n}))
+    out = generate(prompt_ids, replace(sampling, n=n))
     texts = tokenizer.batch_decode(out.completion_ids, skip_special_tokens=True)
     records = []
     for i, item in enumerate(items):
         for j, sample in enumerate(item.samples):
             k = i * n + j
             records.append(
-                {
-                    "benchmark": item.benchmark,
-                    "id": item.row["id"],
-                    "sample": sample,
-                    "problem": item.row["problem"],
-                    "gold": item.row["answer"],
-                    "completion": texts[k],
-                    "num_tokens": len(out.completion_ids[k]),
-                    "truncated": not out.finished[k],
-                }
+                EvalRecord(
+                    benchmark=item.benchmark,
+                    id=str(item.row["id"]),
+                    sample=sample,
+                    problem=item.row["problem"],
+                    gold=str(item.row["answer"]),
+                    completion=texts[k],
+                    num_tokens=len(out.completion_ids[k]),
+                    truncated=not out.finished[k],
+                )
             )
     return records
 
 
-def grade_records(records: list[dict[str, Any]], timeout_s: float = 5.0) -> list[dict[str, Any]]:
-    """Add the grader's verdict to each record (lighteval's parse, each benchmark's gold mode); returns them."""
-    by_mode: dict[GoldMode, list[dict[str, Any]]] = {}
+def grade_records(records: list[EvalRecord], timeout_s: float = 5.0) -> list[EvalRecord]:
+    """Fill in each record's verdict (lighteval's parse, each benchmark's gold mode); returns the records.
+
+    This is the one grading path of ``openrs-pl eval``, the validation callback and the grader-agreement study.
+    """
+    by_mode: dict[GoldMode, list[EvalRecord]] = {}
     for record in records:
-        by_mode.setdefault(BENCHMARKS[record["benchmark"]].gold_mode, []).append(record)
+        by_mode.setdefault(BENCHMARKS[record.benchmark].gold_mode, []).append(record)
     for gold_mode, group in by_mode.items():
         verdicts = grade_batch(
-            [r["completion"] for r in group],
-            [str(r["gold"]) for r in group],
-            gold_mode,
-            "lighteval",
-            timeout_s=timeout_s,
+            [r.completion for r in group], [r.gold for r in group], gold_mode, "lighteval", timeout_s=timeout_s
         )
         for record, verdict in zip(group, verdicts, strict=True):
-            record.update(
-                pred=verdict.pred,
-                correct=verdict.correct,
-                gold_ok=verdict.gold_ok,
-                timed_out=verdict.timed_out,
-                error=verdict.error,
-            )
+            record.pred, record.correct, record.gold_ok = verdict.pred, verdict.correct, verdict.gold_ok
+            record.timed_out, record.error = verdict.timed_out, verdict.error
     return records

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from openrs_pl.eval.records import EvalRecord, TruncatedPolicy
+from openrs_pl.grading import WORKER_DIED
 from openrs_pl.metrics.passk import PassAtK
 
 # Column titles of Table 1, in its order.
@@ -46,15 +48,18 @@ def report_ks(samples: int) -> list[int]:
     return sorted({2**i for i in range(samples.bit_length()) if 2**i <= samples} | {samples})
 
 
-def summarize_benchmark(records: Sequence[dict[str, Any]], ks: Sequence[int]) -> dict[str, Any]:
+def summarize_benchmark(
+    records: Sequence[EvalRecord], ks: Sequence[int], truncated: TruncatedPolicy = "grade"
+) -> dict[str, Any]:
     """Scores of one benchmark's graded records: pass@k, length, truncation and grader diagnostics.
 
     Problems may have different sample counts (an interrupted run); pass@k is reported for the ks every
-    problem has enough samples for.
+    problem has enough samples for. ``truncated_correct_frac`` is the share of completions cut at the token limit
+    that the grader still found the gold in (credited under ``truncated="grade"``, not under ``"wrong"``).
     """
     by_problem: dict[str, list[bool]] = {}
     for r in records:
-        by_problem.setdefault(str(r["id"]), []).append(bool(r["correct"]))
+        by_problem.setdefault(r.id, []).append(r.scored(truncated))
     counts_n = torch.tensor([len(v) for v in by_problem.values()])  # [P]
     counts_c = torch.tensor([sum(v) for v in by_problem.values()])  # [P]
     usable = [k for k in ks if counts_n.numel() and k <= int(counts_n.min())]
@@ -63,29 +68,34 @@ def summarize_benchmark(records: Sequence[dict[str, Any]], ks: Sequence[int]) ->
         metric = PassAtK(ks=usable)
         metric.update(counts_c, counts_n)
         scores = {name: float(value) for name, value in metric.compute().items()}
-    lengths = [int(r["num_tokens"]) for r in records]
+    lengths = [r.num_tokens for r in records]
+    n = len(records)
     return {
         "problems": len(by_problem),
         "completions": len(records),
         **scores,
         "mean_tokens": sum(lengths) / len(lengths) if lengths else math.nan,
         "max_tokens_seen": max(lengths, default=0),
-        "truncated_frac": sum(bool(r["truncated"]) for r in records) / len(records) if records else math.nan,
-        "no_answer_frac": sum(not r["pred"] for r in records) / len(records) if records else math.nan,
-        "gold_parse_failures": sum(not r["gold_ok"] for r in records),
-        "grading_timeouts": sum(bool(r["timed_out"]) for r in records),
-        "grading_errors": sum(r["error"] is not None for r in records),
+        "truncated_frac": sum(r.truncated for r in records) / n if n else math.nan,
+        "truncated_correct_frac": sum(r.truncated and r.correct for r in records) / n if n else math.nan,
+        "no_answer_frac": sum(not r.pred for r in records) / n if n else math.nan,
+        "gold_parse_failures": sum(not r.gold_ok for r in records),
+        "grading_timeouts": sum(r.timed_out for r in records),
+        "grading_errors": sum(r.error is not None for r in records),
+        "grader_crashes": sum(r.error is not None and r.error.startswith(WORKER_DIED) for r in records),
     }
 
 
-def summarize(records: Iterable[dict[str, Any]], benchmarks: Sequence[str], samples: int) -> dict[str, Any]:
+def summarize(
+    records: Iterable[EvalRecord], benchmarks: Sequence[str], samples: int, truncated: TruncatedPolicy = "grade"
+) -> dict[str, Any]:
     """Per-benchmark scores and their unweighted average (the paper's "Avg." column) over ``benchmarks``."""
-    grouped: dict[str, list[dict[str, Any]]] = {b: [] for b in benchmarks}
+    grouped: dict[str, list[EvalRecord]] = {b: [] for b in benchmarks}
     for r in records:
-        if r["benchmark"] in grouped:
-            grouped[r["benchmark"]].append(r)
+        if r.benchmark in grouped:
+            grouped[r.benchmark].append(r)
     ks = report_ks(samples)
-    per_bench = {b: summarize_benchmark(rs, ks) for b, rs in grouped.items()}
+    per_bench = {b: summarize_benchmark(rs, ks, truncated) for b, rs in grouped.items()}
     average: dict[str, float] = {}
     for key in [f"pass@{k}" for k in ks] + ["mean_tokens", "truncated_frac"]:
         values = [s[key] for s in per_bench.values() if key in s]
@@ -128,7 +138,8 @@ def _sampling_note(results: dict[str, Any]) -> str:
     return (
         f"This run: {cfg['samples']} sample(s) per problem (pass@1 = mean over samples), temperature "
         f"{cfg['temperature']}, top-p {cfg['top_p']}, max {cfg['max_new_tokens']} new tokens, engine "
-        f"{results['engine']}. Paper rows: Table 1 of Dang & Ngo 2025 (one sample per problem for Open-RS)."
+        f"{results['engine']}, truncated completions: {cfg['truncated']}. Paper rows: Table 1 of Dang & Ngo 2025 "
+        "(one sample per problem for Open-RS)."
     )
 
 

@@ -1,11 +1,13 @@
 """``openrs-pl eval``: zero-shot pass@k of a checkpoint on the paper's five math benchmarks (Table 1).
 
-Defaults reproduce the Open-RS evaluation (lighteval, arXiv 2503.16219): the lighteval math prompt in the model's
-chat template, temperature 0.6, top-p 0.95, up to 32768 new tokens, math-verify grading with an expression-style
-gold for AIME24/AMC23 and a LaTeX-style gold for the others. Outputs in ``output_dir``:
+Defaults reproduce the Open-RS evaluation (lighteval with math-verify, arXiv 2503.16219): the
+lighteval math prompt in the model's chat template, temperature 0.6, top-p 0.95, up to 32768 new tokens,
+math-verify grading with an expression-style gold for AIME24/AMC23 and a LaTeX-style gold for the others.
+Outputs in ``output_dir``:
 
 * ``completions.jsonl``: every completion with its extracted answer, gold and verdict. Appended as batches finish;
-  a re-run with the same ``output_dir`` skips the (benchmark, problem, sample) triples already there.
+  a re-run with the same ``output_dir`` skips the (benchmark, problem, sample) triples already there, but only if
+  ``run.json`` says the same model, prompt and sampling settings produced them (otherwise it is refused).
 * ``results.json``: every figure (pass@k per benchmark and averaged, lengths, truncation, grader diagnostics).
 * ``results.md``: the paper's Table 1 with this run's row, and the detailed figures.
 
@@ -16,14 +18,12 @@ generation of the next, and with several GPUs one worker process per GPU takes e
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
-import types
 import typing
 import warnings
 from collections.abc import Sequence
@@ -33,52 +33,79 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jsonargparse import ArgumentParser, set_parsing_settings
 from tqdm.auto import tqdm
 
 from openrs_pl.data.benchmarks import BENCHMARKS, load_benchmark
+from openrs_pl.eval.manifest import MANIFEST_FILE, StaleOutputError, check_manifest, run_identity
 from openrs_pl.eval.pipeline import WorkItem, encode_eval_prompts, generate_records, grade_records
-from openrs_pl.eval.records import append_records, merge_shards, read_records, shard_path
+from openrs_pl.eval.records import (
+    EvalRecord,
+    TruncatedPolicy,
+    append_records,
+    completion_files,
+    merge_shards,
+    read_records,
+    shard_path,
+)
 from openrs_pl.eval.report import render_markdown, summarize
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.types import SamplingConfig
 
 EngineName = Literal["auto", "vllm", "hf"]
+BenchmarkName = Literal["aime24", "math500", "amc23", "minerva", "olympiadbench"]
 
 
 @dataclass
 class EvalConfig:
-    """What to evaluate and how. Field metadata ``help`` doubles as the CLI help."""
+    """What to evaluate and how (``openrs-pl eval --help`` shows each field's docstring)."""
 
-    model: str = field(metadata={"help": "HF folder or hub id of the checkpoint"})
-    benchmarks: list[str] = field(
-        default_factory=lambda: list(BENCHMARKS), metadata={"help": "comma-separated benchmark names"}
-    )
-    samples: int = field(default=1, metadata={"help": "completions per problem (pass@1 = their mean accuracy)"})
-    temperature: float = field(default=0.6, metadata={"help": "sampling temperature (paper: 0.6)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass (paper: 0.95)"})
-    max_new_tokens: int = field(default=32768, metadata={"help": "completion token limit (paper: 32768)"})
-    engine: EngineName = field(default="auto", metadata={"help": "auto = vLLM if installed, else HF generate"})
-    output_dir: str = field(default="eval_out", metadata={"help": "where the three outputs go (resumable)"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N problems per benchmark"})
-    seed: int = field(default=0, metadata={"help": "sampling seed (worker i uses seed + i)"})
-    dtype: str = field(default="auto", metadata={"help": "model dtype: auto (the checkpoint's), bfloat16, float32"})
-    data_parallel: int | None = field(
-        default=None, metadata={"help": "worker processes, one per GPU; default: every visible GPU"}
-    )
-    gpu_memory_utilization: float | None = field(
-        default=None, metadata={"help": "vLLM memory fraction; default 0.8 on GPU (as lighteval), 0.2 on CPU"}
-    )
-    max_model_len: int | None = field(
-        default=None, metadata={"help": "vLLM context length; default: longest prompt + max_new_tokens"}
-    )
-    chunk_problems: int = field(
-        default=512, metadata={"help": "problems per engine request: larger = fewer long-tail waits, coarser resume"}
-    )
-    hf_batch_size: int | None = field(default=16, metadata={"help": "prompts per HF generate call"})
-    grading_timeout_s: float = field(default=5.0, metadata={"help": "math-verify time limit per completion"})
-    model_label: str | None = field(default=None, metadata={"help": "row name in results.md (default: model)"})
-    shard_index: int | None = field(default=None, metadata={"help": "internal: this worker's shard"})
-    num_shards: int = field(default=1, metadata={"help": "internal: number of workers"})
+    model: str
+    """HF model folder or hub id of the checkpoint."""
+    benchmarks: list[BenchmarkName] = field(default_factory=lambda: list(typing.get_args(BenchmarkName)))
+    """Benchmarks to evaluate, e.g. ``[aime24, amc23]`` (default: all five of the paper's Table 1)."""
+    samples: int = 1
+    """Completions per problem (pass@1 = their mean accuracy)."""
+    temperature: float = 0.6
+    """Sampling temperature (paper: 0.6)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass (paper: 0.95)."""
+    max_new_tokens: int = 32768
+    """Completion token limit (paper: 32768)."""
+    truncated: TruncatedPolicy = "grade"
+    """A completion cut at the token limit: ``grade`` its text like any other (lighteval, hence the paper's
+    numbers) or score it ``wrong`` (its answer can only come from unfinished reasoning)."""
+    engine: EngineName = "auto"
+    """Generation engine: auto = vLLM if installed, else HF generate."""
+    output_dir: str = "eval_out"
+    """Folder for completions.jsonl, results.json, results.md and run.json; a re-run with the same model and
+    sampling settings resumes there, any other run is refused."""
+    overwrite: bool = False
+    """Delete the completions and results already in ``output_dir`` before evaluating."""
+    limit: int | None = None
+    """Evaluate only the first N problems per benchmark."""
+    seed: int = 0
+    """Sampling seed (worker i uses seed + i)."""
+    dtype: str = "auto"
+    """Model dtype: auto (the checkpoint's), bfloat16, float32."""
+    data_parallel: int | None = None
+    """Worker processes, one per GPU (default: every visible GPU)."""
+    gpu_memory_utilization: float | None = None
+    """vLLM memory fraction (default 0.8 on GPU, as lighteval; 0.2 on CPU)."""
+    max_model_len: int | None = None
+    """vLLM context length (default: longest prompt + max_new_tokens)."""
+    chunk_problems: int = 512
+    """Problems per engine request: larger = fewer long-tail waits, coarser resume."""
+    hf_batch_size: int | None = 16
+    """Prompts per HF generate call."""
+    grading_timeout_s: float = 5.0
+    """math-verify time limit per completion."""
+    model_label: str | None = None
+    """Row name in results.md (default: the model)."""
+    shard_index: int | None = None
+    """Internal: this worker's shard."""
+    num_shards: int = 1
+    """Internal: number of workers."""
 
     def __post_init__(self) -> None:
         unknown = [b for b in self.benchmarks if b not in BENCHMARKS]
@@ -92,6 +119,8 @@ class EvalConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.engine not in typing.get_args(EngineName):
             raise ValueError(f"engine must be one of {typing.get_args(EngineName)}, got {self.engine!r}")
+        if self.truncated not in typing.get_args(TruncatedPolicy):
+            raise ValueError(f"truncated must be one of {typing.get_args(TruncatedPolicy)}, got {self.truncated!r}")
         if self.shard_index is not None and not 0 <= self.shard_index < self.num_shards:
             raise ValueError(f"shard_index must lie in [0, {self.num_shards}), got {self.shard_index}")
 
@@ -194,10 +223,11 @@ def generate_missing(
 
     graded = [0, 0]  # completions graded, correct ones: the bar shows the running pass@1
 
-    def grade_and_append(records: list[dict[str, Any]], bar: tqdm, problems: int) -> None:
-        append_records(out_file, grade_records(records, cfg.grading_timeout_s))
+    def grade_and_append(records: list[EvalRecord], bar: tqdm, problems: int) -> None:
+        records = grade_records(records, cfg.grading_timeout_s)
+        append_records(out_file, records)
         graded[0] += len(records)
-        graded[1] += sum(bool(r["correct"]) for r in records)
+        graded[1] += sum(r.scored(cfg.truncated) for r in records)
         bar.set_postfix_str(f"pass@1={graded[1] / max(graded[0], 1):.3f}", refresh=False)
         bar.update(problems)
 
@@ -238,13 +268,24 @@ def run_shards(cfg: EvalConfig, workers: int) -> None:
         raise RuntimeError(f"evaluation worker(s) {failed} failed; re-run the same command to resume")
 
 
+def clear_outputs(output_dir: Path) -> None:
+    """Delete what an earlier run left in ``output_dir`` (completions, results, manifest); other files stay."""
+    for path in completion_files(output_dir):
+        path.unlink()
+    for name in (MANIFEST_FILE, "results.json", "results.md"):
+        (output_dir / name).unlink(missing_ok=True)
+
+
 def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict[str, Any]:
-    """Evaluate ``cfg.model``, write the three outputs into ``cfg.output_dir`` and return the results dict.
+    """Evaluate ``cfg.model``, write the outputs into ``cfg.output_dir`` and return the results dict.
 
     Args:
         cfg: What to evaluate and how.
         engine: An engine already built (a caller that holds one, or tests); by default one is built from
             ``cfg`` only if some completion is missing. ``cfg.model`` still names the tokenizer.
+
+    Raises:
+        StaleOutputError: ``output_dir`` holds completions another model or other sampling settings produced.
 
     A worker process (``shard_index`` set) only generates its shard into its own file and returns ``{}``.
     """
@@ -252,13 +293,18 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
+    if cfg.shard_index is None:
+        if cfg.overwrite and out.is_dir():
+            clear_outputs(out)
+        identity = run_identity(cfg.model, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed, cfg.dtype)
+        check_manifest(out, identity, cfg.model, has_completions=bool(out.is_dir() and completion_files(out)))
     out.mkdir(parents=True, exist_ok=True)
     problems = select_problems(cfg)
     before = read_records(out)
     workers = cfg.data_parallel if cfg.data_parallel is not None else max(1, len(visible_gpus()))
     if cfg.shard_index is None and workers > 1 and engine is None:
         run_shards(cfg, workers)
-        engine_name = resolve_engine_name(cfg.engine)
+        engine_name: str = resolve_engine_name(cfg.engine)
     else:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         items = missing_work(cfg, problems, set(before))
@@ -275,11 +321,12 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
         "model": cfg.model,
         "engine": engine_name,
         "config": asdict(cfg),
-        "scores": summarize(records.values(), cfg.benchmarks, cfg.samples),
+        "scores": summarize(records.values(), cfg.benchmarks, cfg.samples, cfg.truncated),
         "run": {
             "wall_s": time.perf_counter() - start,
             "new_completions": len(new),
-            "new_tokens": sum(int(r["num_tokens"]) for r in new),
+            "reused_completions": len(records) - len(new),
+            "new_tokens": sum(r.num_tokens for r in new),
         },
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -290,59 +337,45 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def _unwrap_optional(tp: Any) -> Any:
-    """``X | None`` -> ``X``."""
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0]
-    return tp
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """One ``--option`` per :class:`EvalConfig` field, typed from its annotation."""
-    parser = argparse.ArgumentParser(prog="openrs-pl eval", description=__doc__.split("\n\n")[0])
-    hints = typing.get_type_hints(EvalConfig)
-    for f in fields(EvalConfig):
-        tp = _unwrap_optional(hints[f.name])
-        kwargs: dict[str, Any] = {"help": f.metadata.get("help"), "dest": f.name}
-        if typing.get_origin(tp) is Literal:
-            kwargs["choices"] = typing.get_args(tp)
-        elif typing.get_origin(tp) is list:
-            kwargs["type"] = lambda s: [x.strip() for x in s.split(",") if x.strip()]
-        else:
-            kwargs["type"] = tp
-        if f.name == "model":
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = argparse.SUPPRESS  # the dataclass holds the defaults
-        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+def build_parser() -> ArgumentParser:
+    """The ``openrs-pl eval`` parser: every :class:`EvalConfig` field as ``--name``, documented by its docstring."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    parser = ArgumentParser(prog="openrs-pl eval", description=__doc__.split("\n\n")[0], exit_on_error=True)
+    parser.add_argument("--config", action="config", help="a YAML file of these options")
+    parser.add_class_arguments(EvalConfig, as_group=False)
     return parser
 
 
 def config_to_argv(cfg: EvalConfig) -> list[str]:
     """The command-line options that rebuild ``cfg`` (inverse of :func:`build_parser`).
 
-    >>> config_to_argv(EvalConfig(model="m", benchmarks=["aime24", "amc23"], limit=None))[:4]
-    ['--model', 'm', '--benchmarks', 'aime24,amc23']
+    >>> config_to_argv(EvalConfig(model="m", benchmarks=["aime24", "amc23"]))[:2]
+    ['--model=m', '--benchmarks=["aime24", "amc23"]']
     """
-    argv = []
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is None:
-            continue
-        argv += ["--" + f.name.replace("_", "-"), ",".join(value) if isinstance(value, list) else str(value)]
-    return argv
+    return [
+        f"--{f.name}={json.dumps(v) if not isinstance(v, str) else v}"
+        for f in fields(cfg)
+        if (v := getattr(cfg, f.name)) is not None
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``openrs-pl eval``: parse options, evaluate, print the table."""
-    cfg = EvalConfig(**vars(build_parser().parse_args(argv)))
-    results = run_eval(cfg)
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    try:
+        cfg = EvalConfig(**{f.name: namespace[f.name] for f in fields(EvalConfig)})
+        results = run_eval(cfg)
+    except (StaleOutputError, ValueError) as error:
+        parser.exit(2, f"openrs-pl eval: error: {error}\n")
     if cfg.shard_index is None:
         out = Path(cfg.output_dir)
         print((out / "results.md").read_text(encoding="utf-8"))
         print(f"wrote {out / 'results.md'}, {out / 'results.json'} and {out / 'completions.jsonl'}")
-        print(f"{results['run']['new_completions']} new completions in {results['run']['wall_s']:.0f} s")
+        run = results["run"]
+        print(
+            f"{run['new_completions']} new and {run['reused_completions']} reused completions in {run['wall_s']:.0f} s"
+        )
 
 
 if __name__ == "__main__":

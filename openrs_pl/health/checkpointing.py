@@ -197,7 +197,7 @@ class ResumeInPlace(L.Callback):
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         self._fix_bar = True
-        datamodule = trainer.datamodule
+        datamodule = trainer.datamodule  # type: ignore[attr-defined]  # set by Lightning at run time
         if datamodule is not None and type(datamodule).state_dict is not L.LightningDataModule.state_dict:
             warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable", category=UserWarning)
 
@@ -224,8 +224,10 @@ class ResumeInPlace(L.Callback):
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            kept = Path(logger.log_dir) / KEPT_METRICS if isinstance(logger, CSVLogger) else None
-            if kept is None or not kept.is_file():
+            if not isinstance(logger, CSVLogger):
+                continue
+            kept = Path(logger.log_dir) / KEPT_METRICS
+            if not kept.is_file():
                 continue
             with open(kept, newline="") as f:
                 reader = csv.DictReader(f)

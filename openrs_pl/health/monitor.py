@@ -39,6 +39,9 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
+
+from openrs_pl.rollout.callback import find_rollout_callback, policy_source
 
 log = logging.getLogger("openrs_pl.health")
 
@@ -332,8 +335,8 @@ def step_allowed(pl_module: L.LightningModule, loss: torch.Tensor) -> bool:
 
     Without a ``TrainingHealth`` callback every step is allowed (and nothing is checked).
     """
-    trainer = pl_module.trainer
-    health = next((cb for cb in trainer.callbacks if isinstance(cb, TrainingHealth)), None)
+    callbacks: list[L.Callback] = pl_module.trainer.callbacks  # type: ignore[attr-defined]  # set at run time
+    health = next((cb for cb in callbacks if isinstance(cb, TrainingHealth)), None)
     return True if health is None else health.check_step(pl_module, loss)
 
 
@@ -364,10 +367,9 @@ def _max_completion_length(pl_module: L.LightningModule) -> int | None:
 
 def _resync_engines(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
     """A rollout engine holding its own copy of the weights (vLLM) must see the restored ones."""
-    for cb in trainer.callbacks:
-        engine = getattr(cb, "engine", None)
-        if engine is not None and getattr(engine, "model", None) is not getattr(pl_module, "policy", None):
-            engine.sync_weights(pl_module.policy, force=True)
+    rollout = find_rollout_callback(trainer)
+    if rollout is not None and rollout.engine is not None:  # the HF engine's sync is a no-op: it samples the policy
+        rollout.engine.sync_weights(policy_source(pl_module).policy, force=True)
 
 
 def _lambdas(scheduler: Any) -> list[Any]:
@@ -375,8 +377,6 @@ def _lambdas(scheduler: Any) -> list[Any]:
     return list(getattr(scheduler, "lr_lambdas", []))
 
 
+@rank_zero_only
 def _rank_zero_warning(message: str) -> None:
-    from lightning.pytorch.utilities import rank_zero_only
-
-    if rank_zero_only.rank == 0:
-        log.warning(message)
+    log.warning(message)

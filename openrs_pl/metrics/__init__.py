@@ -1,4 +1,4 @@
-"""Evaluation metrics: the unbiased pass@k estimator and the in-training validation callback."""
+"""Evaluation metrics: the unbiased pass@k estimator (the validation callback lives in :mod:`openrs_pl.eval`)."""
 
 from openrs_pl.metrics.passk import PassAtK, pass_at_k
 

@@ -1,7 +1,8 @@
 """Reward functions for GRPO: the Open-RS rewards, user ``module:function`` rewards, and their weighted sum.
 
-Modules: :mod:`~openrs_pl.rewards.grading` (math-verify grading in a timeout-safe process pool, shared with
-evaluation; the timeout design is documented there), :mod:`~openrs_pl.rewards.correctness` (``accuracy``,
+Grading itself (math-verify in a timeout-safe process pool, shared with evaluation) is :mod:`openrs_pl.grading`.
+Modules: :mod:`~openrs_pl.rewards.correctness` (``accuracy``,
+
 ``length``; the ``gold_field`` choice), :mod:`~openrs_pl.rewards.cosine` (Exp 3's cosine reward: the recipe's
 quirks vs the reward's intent), :mod:`~openrs_pl.rewards.formatting` (``format``, ``format_strict``,
 ``tag_count``), :mod:`~openrs_pl.rewards.repetition`, :mod:`~openrs_pl.rewards.reward_set` (specs, validation,

@@ -3,14 +3,14 @@
 Gold answers (``gold_field``): the recipe parses the gold from the dataset's full worked ``solution`` (first
 match of ``LatexExtractionConfig()``, typically the solution's ``\\boxed{}``), which is the default here
 (``gold_field="solution"``). ``gold_field="answer"`` parses the short ``answer`` column instead (``gold_mode=
-"latex"`` of :mod:`openrs_pl.rewards.grading`); it is more robust when a solution boxes an intermediate result
+"latex"`` of :mod:`openrs_pl.grading`); it is more robust when a solution boxes an intermediate result
 or nothing at all. A gold that does not parse is logged and counted (``gold_unparsed``) and scored as
 ``on_unparsable_gold`` says: ``"reward_one"`` (the recipe: every completion gets 1.0, so the group has zero
 advantage) or ``"skip"`` (``None``: the function does not apply, and the sample's weighted sum leaves it out).
 
-Grading runs in :func:`openrs_pl.rewards.grading.grade_batch` with a per-completion wall-clock limit
+Grading runs in :func:`openrs_pl.grading.grade_batch` with a per-completion wall-clock limit
 ``timeout_s``; a timeout or an exception counts as a wrong answer (accuracy 0.0) and is counted (``timeouts``,
-``errors``).
+``errors``; ``grader_crashes`` for a grading worker that died mid-task and was replaced).
 
 The cosine reward (Open-RS Exp 3) and its recipe quirks are in :mod:`openrs_pl.rewards.cosine`.
 """
@@ -21,9 +21,9 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from openrs_pl.grading import WORKER_DIED, GoldMode, Verdict, grade_batch
 from openrs_pl.rewards.completion_text import completion_texts
 from openrs_pl.rewards.counters import count
-from openrs_pl.rewards.grading import GoldMode, Verdict, grade_batch
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def grade_completions(
     count("gold_unparsed", len(unparsed))
     count("timeouts", sum(v.timed_out for v in verdicts))
     count("errors", sum(v.error is not None for v in verdicts))
+    count("grader_crashes", sum(v.error is not None and v.error.startswith(WORKER_DIED) for v in verdicts))
     return verdicts
 
 

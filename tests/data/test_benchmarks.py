@@ -46,8 +46,8 @@ def test_load_benchmark_rows(name: str) -> None:
 
 def test_minerva_grades_with_the_boxed_solution_answer_not_deepscaler() -> None:
     rows = load_benchmark("minerva")
-    assert all(r["answer"] == last_boxed(r["solution"]) for r in rows)
-    assert sum(r["answer"] != r["answer_deepscaler"] for r in rows) == 131
+    assert all(r["answer_source"] == last_boxed(r["solution"]) for r in rows)
+    assert sum(r["answer_source"] != r["answer_deepscaler"] for r in rows) == 131
 
 
 def test_math500_answer_is_the_boxed_solution() -> None:
@@ -56,8 +56,8 @@ def test_math500_answer_is_the_boxed_solution() -> None:
 
 def test_olympiadbench_answers_are_kept_verbatim_with_dollars() -> None:
     rows = load_benchmark("olympiadbench")
-    assert all(r["answer"] == r["final_answer"][0] for r in rows)
-    assert sum("$" in r["answer"] for r in rows) == 266
+    assert all(r["answer_source"] == r["final_answer"][0] for r in rows)
+    assert sum("$" in r["answer_source"] for r in rows) == 266
 
 
 def test_integer_contests_have_integer_golds() -> None:

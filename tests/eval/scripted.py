@@ -17,6 +17,7 @@ class ScriptedEngine:
         self.problems = problems  # problem text -> gold answer
         self.requests: list[tuple[int, int]] = []  # (prompts, n) per generate call
         self.prompts: list[list[int]] = []
+        self.right_samples = {0}  # sample indices answered with the gold
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         self.requests.append((len(prompt_ids), sampling.n))
@@ -26,7 +27,7 @@ class ScriptedEngine:
             text = self.tokenizer.decode(prompt)
             gold = next(a for p, a in self.problems.items() if p in text)
             for j in range(sampling.n):
-                answer = gold.strip("$") if j == 0 else "-987654321"
+                answer = gold.strip("$") if j in self.right_samples else "-987654321"
                 body = f"Hm.\n</think>\nTherefore, the final answer is: $\\boxed{{{answer}}}$. I hope it is correct"
                 tokens = self.tokenizer(body, add_special_tokens=False)["input_ids"]
                 ids.append(tokens if j == 1 else [*tokens, self.tokenizer.eos_token_id])

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from openrs_pl.rollout.advantages import group_advantages
 from openrs_pl.rewards import RewardSet, RewardSpec
 from openrs_pl.rewards.reward_set import FAULT_COUNTERS, RewardFault
+from openrs_pl.rollout.advantages import group_advantages
 
 N = 4
 

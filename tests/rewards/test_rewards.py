@@ -11,13 +11,13 @@ import pytest
 import torch
 import yaml
 
+from openrs_pl.grading import Verdict
 from openrs_pl.rewards import REWARD_REGISTRY, RewardSet, RewardSpec, correctness, validate_reward_specs
 from openrs_pl.rewards.completion_text import as_messages
 from openrs_pl.rewards.correctness import accuracy_reward, length_reward
 from openrs_pl.rewards.cosine import cosine_reward
 from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
-from openrs_pl.rewards.grading import Verdict
 from openrs_pl.rewards.repetition import repetition_reward
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +80,7 @@ def test_accuracy_gold_fields_and_unparsable_golds() -> None:
     solutions = [SOLUTION, SOLUTION, "a solution with no math in it"]
     with collecting() as counts:
         assert accuracy_reward(completions, solution=solutions) == [1.0, 0.0, 1.0]  # the recipe rewards 1.0
-    assert dict(counts) == {"gold_unparsed": 1, "timeouts": 0, "errors": 0}
+    assert dict(counts) == {"gold_unparsed": 1, "timeouts": 0, "errors": 0, "grader_crashes": 0}
     assert accuracy_reward(completions, solution=solutions, on_unparsable_gold="skip") == [1.0, 0.0, None]
     answers = ["2", "2", None]  # open_rs has a row with answer=None
     assert accuracy_reward(completions, gold_field="answer", answer=answers, on_unparsable_gold="skip") == [

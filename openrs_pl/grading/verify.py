@@ -1,4 +1,6 @@
-"""The math grading core: parse a gold answer and a completion's final answer with math-verify, then verify.
+"""Verification: parse a gold answer and a completion's final answer with math-verify, then compare them.
+
+No timeout of its own: :mod:`openrs_pl.grading.pool` runs these functions in worker processes under a limit.
 
 Used by the ``accuracy``/``cosine``/``length`` rewards and by evaluation, so training and evaluation grade alike.
 
@@ -32,14 +34,6 @@ Fixes on top of math-verify (measured against another evaluator on ~8,000 real c
   starts with that choice (``\\text{(C) Plane}``); answers that only parse as strings are compared without spacing
   or braces around one symbol (``E_{1}, E_{2}`` = ``E_1,E_2``).
 
-Timeouts: math-verify's own timeout uses ``signal.alarm``, which only works in the main thread. Grading here
-therefore runs in a small persistent pool of worker *subprocesses* (plain ``subprocess.Popen`` running this file,
-so it also works inside daemonic DataLoader/Lightning workers, where ``multiprocessing`` may not start children,
-and from any thread). Each task runs in the worker's main thread under a soft ``setitimer`` deadline of
-``timeout_s``; if the worker does not answer by ``timeout_s + _KILL_GRACE_S`` (e.g. stuck in C code that never
-returns to the interpreter) it is killed and restarted. Either way the verdict is ``correct=False,
-timed_out=True``; an exception gives ``correct=False`` with its text in ``error``.
-
 Long completions: math-verify's regex pass over the whole text is quadratic on some inputs (10k characters of
 unclosed ``\\[`` take 0.5-1.7 s, 100k characters minutes), so only a tail is parsed: from ``_TAIL_CHARS`` (4000)
 characters before the last ``\\boxed`` to the end, or the last ``_TAIL_CHARS`` characters if there is no box.
@@ -51,30 +45,16 @@ than 4000 characters before its end, or (``lighteval``'s any-match fallback) one
 
 from __future__ import annotations
 
-import atexit
-import logging
 import math
-import os
-import pickle
 import re
-import select
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 GoldMode = Literal["latex", "expr", "solution"]
 PredMode = Literal["openrs", "lighteval"]
 
 _TAIL_CHARS = 4000
-_KILL_GRACE_S = 2.0
-_WORKER_START_TIMEOUT_S = 60.0
 # A value given in e-notation must be matched to about 5 significant digits, like an ordinary number's 5 decimals.
 _SCI_REL_TOL = 1e-5
 _SCI_NUMBER = r"(-?\d+(?:\.\d+)?)[eE]([+-]?\d+)"
@@ -88,6 +68,11 @@ _ORDINAL_SUPERSCRIPT = re.compile(
 _CHOICE_GOLD = re.compile(r"\s*(?:\\text\{\s*)?\(?\s*([A-E])\s*\)?\s*\}?\s*")
 # A prediction that starts with a parenthesised choice letter, possibly inside \text{..}/\textbf{..}: "(C) Plane"
 _CHOICE_PRED = re.compile(r"\s*(?:\\[a-z]+\s*\{\s*)*\(\s*([A-E])\s*\)")
+# "Final answer for Subproblem 1: 3", "final answer to part (b): 3": the label's number is not the answer.
+_LABELLED_FINAL_ANSWER = re.compile(
+    r"(final answer)\s+(?:for|to|of)\s+(?:the\s+)?(?:sub-?)?(?:problem|part|question)\s*\(?[\w.]{1,4}\)?",
+    re.IGNORECASE,
+)
 _LATEX_SPACE = re.compile(r"\s+|\\[,;:! ]|~")
 _BRACED_SCRIPT = re.compile(r"([_^])\{(\w)\}")
 
@@ -120,8 +105,10 @@ def _configs() -> dict[str, list[Any]]:
     openrs_norm = NormalizationConfig(
         nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all", units=True
     )
+    no_units = replace(LatexExtractionConfig().normalization_config, units=False)
     return {
         "latex": [LatexExtractionConfig(), ExprExtractionConfig()],
+        "latex_no_units": [LatexExtractionConfig(normalization_config=no_units), ExprExtractionConfig()],
         "expr": [ExprExtractionConfig()],
         "solution": [LatexExtractionConfig()],
         "openrs": [
@@ -130,6 +117,10 @@ def _configs() -> dict[str, list[Any]]:
             )
         ],
         "lighteval": [ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)],
+        "lighteval_no_units": [
+            ExprExtractionConfig(),
+            LatexExtractionConfig(boxed_match_priority=0, normalization_config=no_units),
+        ],
     }
 
 
@@ -221,8 +212,11 @@ def answer_tail(completion: str, tail_chars: int = _TAIL_CHARS) -> str:
     return completion[max(0, start) :]
 
 
-def parse_gold(gold: str, gold_mode: GoldMode) -> list[Any]:
-    """Parse a gold answer as the mode prescribes (no timeout of its own: call inside a worker)."""
+def parse_gold(gold: str, gold_mode: GoldMode, units: bool = True) -> list[Any]:
+    """Parse a gold answer as the mode prescribes (no timeout of its own: call inside a worker).
+
+    ``units=False`` keeps letters latex2sympy would strip as units (see :func:`unit_letter_is_variable`).
+    """
     from math_verify import parse
 
     if gold_mode == "solution":
@@ -231,17 +225,36 @@ def parse_gold(gold: str, gold_mode: GoldMode) -> list[Any]:
         return parse(gold, _configs()["expr"], parsing_timeout=None)
     if sci_gold_value(gold) is not None:
         gold = sci_to_latex(gold.strip().strip("$"))
-    return parse(wrap_gold(gold), _configs()["latex"], parsing_timeout=None)
+    return parse(wrap_gold(gold), _configs()["latex" if units else "latex_no_units"], parsing_timeout=None)
 
 
-def parse_pred(completion: str, pred_mode: PredMode) -> list[Any]:
+def unit_letter_is_variable(gold: str, parsed: list[Any]) -> bool:
+    """Whether unit stripping removed a one-letter *variable* from a LaTeX gold.
+
+    latex2sympy drops unit names, including one-letter ones (``m`` metre, ``t`` tonne, ``c``), so the gold
+    ``6m`` (OlympiadBench: "6m blue cells" for an ``4 x m`` grid) parses to ``6`` and ``\\frac{1}{m} t`` to
+    ``1/m``; a wrong ``\\boxed{6}`` would then be graded correct. Units spelled as words (``\\text{ cents}``,
+    ``\\mbox{ inches}^2``) leave multi-letter symbols and keep being stripped, so ``\\boxed{5.4}`` still matches
+    ``5.4 \\text{ cents}``.
+    """
+    from sympy import Basic
+
+    kept = parse_gold(gold, "latex", units=False)
+    if not parsed or not kept or not isinstance(parsed[0], Basic) or not isinstance(kept[0], Basic):
+        return False
+    dropped = {str(x) for x in kept[0].free_symbols} - {str(x) for x in parsed[0].free_symbols}
+    return bool(dropped) and all(len(name) == 1 for name in dropped)
+
+
+def parse_pred(completion: str, pred_mode: PredMode, units: bool = True) -> list[Any]:
     """Parse a completion's final answer as the mode prescribes (no timeout of its own: call inside a worker)."""
     from math_verify import parse
 
     text = rewrite_boxed_sci(answer_tail(completion))
     if pred_mode == "openrs":
         return parse(text, _configs()["openrs"], extraction_mode="first_match", parsing_timeout=None)
-    return parse(strip_ordinals(text), _configs()["lighteval"], parsing_timeout=None)
+    text = _LABELLED_FINAL_ANSWER.sub(r"\1", strip_ordinals(text))
+    return parse(text, _configs()["lighteval" if units else "lighteval_no_units"], parsing_timeout=None)
 
 
 def _without_percent(expr: Any) -> Any:
@@ -304,12 +317,30 @@ def _verify_pairs(gold: list[Any], pred: list[Any], pred_mode: PredMode) -> tupl
                     ok = verify(p, g, timeout_seconds=None, raise_on_error=True)
                 else:
                     ok = verify(g, p, float_rounding=5, timeout_seconds=None, raise_on_error=True)
+                    ok = ok or _equal_in_exponentials(g, p)
             except Exception as e:  # noqa: BLE001 - any failure of sympy must score 0, never crash a step
                 error = f"{type(e).__name__}: {e}"[:500]
                 continue
             if ok:
                 return True, None
     return False, error
+
+
+def _equal_in_exponentials(gold: Any, pred: Any) -> bool:
+    """Whether two expressions with hyperbolic functions are equal once those are written as exponentials.
+
+    sympy's ``simplify`` does not rewrite ``sinh(a t)/a`` as ``(e^{at} - e^{-at})/(2a)``; Minerva's differential
+    equation answers are written either way.
+    """
+    from sympy import Eq, Expr, exp, simplify
+    from sympy.functions.elementary.hyperbolic import HyperbolicFunction
+
+    gold, pred = (x.rhs if isinstance(x, Eq) else x for x in (gold, pred))
+    if not (isinstance(gold, Expr) and isinstance(pred, Expr)):
+        return False
+    if not (gold.has(HyperbolicFunction) or pred.has(HyperbolicFunction)):
+        return False
+    return simplify((gold - pred).rewrite(exp)) == 0
 
 
 def grade_local(completion: str, gold: str, gold_mode: GoldMode = "latex", pred_mode: PredMode = "openrs") -> Verdict:
@@ -325,7 +356,10 @@ def grade_local(completion: str, gold: str, gold_mode: GoldMode = "latex", pred_
             if pred_mode == "openrs":
                 return Verdict(False, "", False, False, None)
             gold_parsed = [gold]
-        pred_parsed = parse_pred(completion, pred_mode)
+        units = not (pred_mode == "lighteval" and gold_mode == "latex" and unit_letter_is_variable(gold, gold_parsed))
+        if not units:
+            gold_parsed = parse_gold(gold, gold_mode, units=False)
+        pred_parsed = parse_pred(completion, pred_mode, units=units)
         pred_text = str(pred_parsed[-1]) if pred_parsed else ""
         correct, error = _verify_pairs(gold_parsed, pred_parsed, pred_mode)
         sci_value = sci_gold_value(gold) if gold_mode == "latex" else None
@@ -340,237 +374,3 @@ def grade_local(completion: str, gold: str, gold_mode: GoldMode = "latex", pred_
         return Verdict(correct, pred_text, gold_ok, False, error)
     except Exception as e:  # noqa: BLE001 - reported in the verdict and counted by the caller
         return Verdict(False, "", True, False, f"{type(e).__name__}: {e}"[:500])
-
-
-class _SoftTimeout(BaseException):
-    """Raised by the worker's timer; a BaseException so math-verify's ``except Exception`` cannot swallow it."""
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _SoftTimeout
-
-
-def serve_worker(requests: IO[bytes], replies: IO[bytes]) -> None:
-    """Worker loop: read pickled ``(completion, gold, gold_mode, pred_mode, timeout_s)``, write a Verdict tuple."""
-    signal.signal(signal.SIGALRM, _on_alarm)
-    # Disabling math-verify's signal timeouts (ours replaces them) makes it warn once per process; nothing to act on.
-    for name in ("math_verify", "latex2sympy2_extended"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    # Import math-verify and compile every mode's regexes now, so a task's time limit does not pay for them.
-    for gold_mode in ("latex", "expr", "solution"):
-        for pred_mode in ("openrs", "lighteval"):
-            grade_local("\\boxed{1}", "\\boxed{1}", gold_mode, pred_mode)
-    pickle.dump("ready", replies)
-    replies.flush()
-    while True:
-        try:
-            completion, gold, gold_mode, pred_mode, timeout_s = pickle.load(requests)
-        except EOFError:
-            return
-        try:
-            signal.setitimer(signal.ITIMER_REAL, timeout_s)
-            verdict = grade_local(completion, gold, gold_mode, pred_mode)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        except _SoftTimeout:
-            verdict = Verdict(False, "", True, True, None)
-        pickle.dump(tuple(verdict.__dict__.values()), replies)
-        replies.flush()
-
-
-# The worker is started from this file's path, not as ``openrs_pl.rewards.grading``, so it does not import the
-# package's __init__ (and torch): startup stays ~1 s, which matters each time a stuck worker is replaced.
-_WORKER_BOOT = (
-    "import importlib.util, os, sys\n"
-    "spec = importlib.util.spec_from_file_location('_openrs_grading_worker', sys.argv[1])\n"
-    "mod = importlib.util.module_from_spec(spec)\n"
-    "sys.modules[spec.name] = mod\n"
-    "spec.loader.exec_module(mod)\n"
-    # Replies get a private copy of stdout; fd 1 then points at stderr so stray prints cannot corrupt the protocol.
-    "replies = os.fdopen(os.dup(1), 'wb')\n"
-    "os.dup2(2, 1)\n"
-    "mod.serve_worker(sys.stdin.buffer, replies)\n"
-)
-
-
-class _Worker:
-    """One grading subprocess and its pipes."""
-
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_BOOT, os.path.abspath(__file__)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            start_new_session=True,  # a Ctrl-C in the trainer's terminal should not hit the workers mid-task
-        )
-        self.ready = False
-
-    def fileno(self) -> int:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.fileno()
-
-    def send(self, task: tuple) -> None:
-        assert self.proc.stdin is not None
-        pickle.dump(task, self.proc.stdin)
-        self.proc.stdin.flush()
-
-    def recv(self) -> Any:
-        assert self.proc.stdout is not None
-        return pickle.load(self.proc.stdout)
-
-    def kill(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            if pipe is not None:
-                try:
-                    pipe.close()
-                except OSError:  # closing the write end flushes into a dead process's pipe
-                    pass
-
-
-class GradingPool:
-    """A small persistent pool of grading subprocesses with a per-task wall-clock limit.
-
-    Thread-safe (one batch at a time); safe to use from daemonic processes because it uses ``subprocess``.
-    """
-
-    def __init__(self, workers: int) -> None:
-        self._workers = [_Worker() for _ in range(workers)]
-        self._lock = threading.Lock()
-        self.restarts = 0
-
-    def _await_ready(self, worker: _Worker) -> None:
-        if not worker.ready:
-            if not select.select([worker], [], [], _WORKER_START_TIMEOUT_S)[0] or worker.recv() != "ready":
-                raise RuntimeError("math grading worker failed to start")
-            worker.ready = True
-
-    def _start(self, index: int, task: tuple) -> None:
-        """Hand a task to worker ``index``, replacing the worker once if it has died since its last task."""
-        for attempt in range(2):
-            worker = self._workers[index]
-            try:
-                self._await_ready(worker)
-                worker.send(task)
-                return
-            except (OSError, EOFError, pickle.UnpicklingError):
-                if attempt:
-                    raise
-                self._replace(index)
-
-    def _replace(self, index: int) -> None:
-        self._workers[index].kill()
-        self._workers[index] = _Worker()
-        self.restarts += 1
-
-    def map(self, tasks: Sequence[tuple[str, str, str, str]], timeout_s: float) -> list[Verdict]:
-        """Grade ``(completion, gold, gold_mode, pred_mode)`` tasks; each gets ``timeout_s`` of worker time."""
-        results: list[Verdict | None] = [None] * len(tasks)
-        pending = deque(range(len(tasks)))
-        busy: dict[int, tuple[int, float]] = {}  # worker index -> (task index, hard deadline)
-        with self._lock:
-            while pending or busy:
-                for w in range(len(self._workers)):
-                    if w not in busy and pending:
-                        task = pending.popleft()
-                        self._start(w, (*tasks[task], timeout_s))
-                        busy[w] = (task, time.monotonic() + timeout_s + _KILL_GRACE_S)
-                wait = max(0.0, min(deadline for _, deadline in busy.values()) - time.monotonic())
-                readable = select.select([self._workers[w] for w in busy], [], [], wait)[0]
-                for worker in readable:
-                    w = self._workers.index(worker)
-                    task, _ = busy.pop(w)
-                    try:
-                        results[task] = Verdict(*worker.recv())
-                    except (EOFError, pickle.UnpicklingError) as e:  # the worker died (e.g. out of memory)
-                        results[task] = Verdict(False, "", True, False, f"grading worker died: {e!r}")
-                        self._replace(w)
-                now = time.monotonic()
-                for w, (task, deadline) in list(busy.items()):
-                    if now >= deadline:
-                        results[task] = Verdict(False, "", True, True, None)
-                        del busy[w]
-                        self._replace(w)
-        return [r for r in results if r is not None]
-
-    @property
-    def pids(self) -> list[int]:
-        """Process ids of the current workers."""
-        return [w.proc.pid for w in self._workers]
-
-    def close(self) -> None:
-        """Stop every worker."""
-        for worker in self._workers:
-            worker.kill()
-
-
-_POOL: GradingPool | None = None
-_POOL_PID = -1
-_POOL_LOCK = threading.Lock()
-
-
-def default_pool_size() -> int:
-    """Workers in the shared pool: ``OPENRS_GRADING_WORKERS`` if set, else half the CPUs (1..4)."""
-    env = os.environ.get("OPENRS_GRADING_WORKERS")
-    return int(env) if env else max(1, min(4, (os.cpu_count() or 2) // 2))
-
-
-def get_pool() -> GradingPool:
-    """The process-wide grading pool, created on first use (and anew in a forked child, which cannot share pipes)."""
-    global _POOL, _POOL_PID
-    with _POOL_LOCK:
-        if _POOL is None or _POOL_PID != os.getpid():
-            _POOL = GradingPool(default_pool_size())
-            _POOL_PID = os.getpid()
-            atexit.register(_POOL.close)
-        return _POOL
-
-
-def grade_batch(
-    completions: Sequence[str],
-    golds: Sequence[str],
-    gold_mode: GoldMode = "latex",
-    pred_mode: PredMode = "openrs",
-    *,
-    timeout_s: float = 5.0,
-) -> list[Verdict]:
-    """Grade completions against golds (pairwise) in the grading pool, each under a wall-clock limit.
-
-    Args:
-        completions: completion texts.
-        golds: gold answers (or full solutions for ``gold_mode="solution"``), one per completion.
-        gold_mode: how to parse the gold (see the module docstring).
-        pred_mode: how to parse the completion and verify (see the module docstring).
-        timeout_s: wall-clock limit per completion; a timeout or exception yields ``correct=False``.
-
-    Returns:
-        One Verdict per completion.
-
-    >>> [v.correct for v in grade_batch(["\\\\boxed{3}", "\\\\boxed{4}"], ["3", "3"])]
-    [True, False]
-    """
-    if len(completions) != len(golds):
-        raise ValueError(f"{len(completions)} completions but {len(golds)} golds")
-    if gold_mode not in ("latex", "expr", "solution"):
-        raise ValueError(f"unknown gold_mode {gold_mode!r}; expected latex, expr or solution")
-    if pred_mode not in ("openrs", "lighteval"):
-        raise ValueError(f"unknown pred_mode {pred_mode!r}; expected openrs or lighteval")
-    if not completions:
-        return []
-    return get_pool().map([(c, g, gold_mode, pred_mode) for c, g in zip(completions, golds, strict=True)], timeout_s)
-
-
-def grade(
-    completion: str,
-    gold: str,
-    gold_mode: GoldMode = "latex",
-    pred_mode: PredMode = "openrs",
-    *,
-    timeout_s: float = 5.0,
-) -> Verdict:
-    """Grade one completion (see :func:`grade_batch`).
-
-    >>> grade("Therefore, the final answer is: $\\\\boxed{12}$. I hope it is correct", "12", "expr", "lighteval")
-    Verdict(correct=True, pred='12', gold_ok=True, timed_out=False, error=None)
-    """
-    return grade_batch([completion], [gold], gold_mode, pred_mode, timeout_s=timeout_s)[0]

@@ -9,14 +9,15 @@ from types import SimpleNamespace
 import lightning as L
 import pytest
 import torch
-from eval.scripted import ScriptedEngine
 from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openrs_pl.data.benchmarks import load_benchmark
-from openrs_pl.metrics.validation import ValidationPassAtK
+from openrs_pl.eval.validation import ValidationPassAtK
 from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
+
+from .scripted import ScriptedEngine
 
 
 class TinyPolicyModule(L.LightningModule):

@@ -1,20 +1,13 @@
-"""The math grading core: an equivalence table, robustness (timeouts, threads, workers), and benchmark golds."""
+"""Verification: an equivalence table of answers math-verify (plus our fixes) must accept or reject."""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
-
 import math_verify
 import pytest
-import torch
 from math_verify import parse
 
-from openrs_pl.data.bundled import read_bundled
-from openrs_pl.rewards import grading
-from openrs_pl.rewards.grading import GradingPool, Verdict, answer_tail, grade, grade_batch, wrap_gold
+from openrs_pl.grading import Verdict, grade, grade_batch, verify
+from openrs_pl.grading.verify import answer_tail, wrap_gold
 
 
 def boxed(answer: str) -> str:
@@ -140,6 +133,25 @@ EQUIVALENCES = [
     (boxed("E_{1}, E_{3}"), "E_{1},E_{2}", False, False),
     (boxed(r"E_1,\, E_2"), "E_{1},E_{2}", False, True),
     (boxed("E_{12}, E_{2}"), "E_{1},E_{2}", False, False),
+    # hyperbolic functions equal their exponential form (Minerva's differential equations)
+    (boxed(r"\frac{\sinh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, True),
+    (boxed(r"x(t) = \frac{\sinh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, True),
+    (boxed(r"\frac{1}{2a}(e^{at}-e^{-at})"), r"\sinh(at)/a", False, True),
+    (boxed(r"\frac{\cosh(at)}{a}"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, False),
+    (boxed(r"\sinh(at)"), r"\frac{1}{2a}(e^{at}-e^{-at})", False, False),
+    # a one-letter variable is not a unit: 6m (m the grid width), t/m (t the time), 37m/4 (m the mass)
+    (boxed("6m"), "$6m$", True, True),
+    (boxed("6"), "$6m$", True, False),
+    (boxed(r"\frac{37m}{4}"), r"\frac{37}{4} m", False, True),
+    (boxed(r"\frac{37}{4}"), r"\frac{37}{4} m", True, False),
+    (boxed(r"\frac{t}{m}"), r"\frac{1}{m} t", False, True),
+    (boxed(r"\frac{1}{m}"), r"\frac{1}{m} t", True, False),
+    (boxed("5.4"), r"5.4 \text{ cents}", True, True),  # a unit spelled as a word is still dropped
+    (boxed("15"), r"15\mbox{ cm}^2", True, True),
+    # unboxed prose: a label's number ("Subproblem 1") is not the answer
+    ("So the quantity is 3 bushels.\n\n**Final answer for Subproblem 1:** 3 bushels", "3", False, True),
+    ("So the quantity is 3 bushels.\n\n**Final answer for Subproblem 1:** 3 bushels", "1", False, False),
+    ("Final answer to part (b): 7", "7", False, True),
 ]
 
 
@@ -147,11 +159,6 @@ EQUIVALENCES = [
 def test_equivalence_table(completion: str, gold: str, openrs: bool, lighteval: bool) -> None:
     assert grade(completion, gold, "latex", "openrs").correct is openrs
     assert grade(completion, gold, "latex", "lighteval").correct is lighteval
-
-
-def test_table_is_large_and_balanced() -> None:
-    assert len(EQUIVALENCES) >= 40
-    assert sum(not openrs for _, _, openrs, _ in EQUIVALENCES) >= 15
 
 
 def test_gold_modes() -> None:
@@ -191,139 +198,8 @@ def test_answer_tail_matches_full_parse_when_boxed() -> None:
     for tail in [boxed("42"), "so \\[ x = \\boxed{42} \\]", "$$\\boxed{6}\\cdot 7 = \\boxed{42}$$"]:
         text = filler + tail
         assert len(answer_tail(text)) < 5000
-        untrimmed = parse(text, grading._configs()["openrs"], extraction_mode="first_match", parsing_timeout=None)
-        assert [str(x) for x in grading.parse_pred(text, "openrs")] == [str(x) for x in untrimmed]
-
-
-def test_long_completion_is_fast() -> None:
-    text = "Let $x^2+\\frac{a}{b}=\\sqrt{c}$ and so on. " * 2500 + boxed("12")  # ~100 kB
-    start = time.monotonic()
-    verdict = grade(text, "12")
-    assert verdict.correct
-    assert time.monotonic() - start < 2.0
-    unboxed = text.replace(boxed("12"), "The answer is $12$.")  # no box: the anchor near the end is found
-    assert grade(unboxed, "12").correct
-
-
-ADVERSARIAL = {
-    "deep_nesting": "\\boxed{" + "{" * 50_000 + "}" * 50_000 + "}",
-    "frac_bomb": "$\\boxed{" + "\\frac{1}{" * 12_500 + "1" + "}" * 12_500 + "}$",
-    "unclosed_brackets": "\\[ x " * 20_000,
-    "latex_100k": "$" + "\\left(\\sum_{i=1}^{n} x_i^{2}\\right)" * 3000 + "$ \\boxed{" + "x+" * 2000 + "1}",
-    "unclosed_box": "\\boxed{" * 20_000,
-}
-
-
-def test_adversarial_inputs_time_out_instead_of_hanging() -> None:
-    timeout_s = 1.0
-    grade("\\boxed{1}", "1")  # start the pool outside the timed region
-    start = time.monotonic()
-    verdicts = grade_batch(list(ADVERSARIAL.values()), ["1"] * len(ADVERSARIAL), timeout_s=timeout_s)
-    elapsed = time.monotonic() - start
-    assert elapsed < len(ADVERSARIAL) * (timeout_s + grading._KILL_GRACE_S) + 5.0
-    assert not any(v.correct for v in verdicts)
-    assert sum(v.timed_out for v in verdicts) >= 2  # at least the nesting and the \frac bomb
-    # the pool is still usable afterwards
-    assert grade(boxed("1"), "1").correct
-
-
-def test_grading_from_a_thread() -> None:
-    results: list[list[Verdict]] = []
-    thread = threading.Thread(target=lambda: results.append(grade_batch([boxed("3"), boxed("4")], ["3", "3"])))
-    thread.start()
-    thread.join(timeout=60)
-    assert [v.correct for v in results[0]] == [True, False]
-
-
-class _GradingDataset(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 2
-
-    def __getitem__(self, i: int) -> tuple[bool, bool]:
-        return grade(boxed(str(i)), "1").correct, torch.utils.data.get_worker_info() is not None
-
-
-def test_grading_inside_dataloader_workers() -> None:
-    """DataLoader workers are daemonic processes, which multiprocessing forbids to have children."""
-    loader = torch.utils.data.DataLoader(_GradingDataset(), batch_size=None, num_workers=1)
-    assert [(bool(c), bool(w)) for c, w in loader] == [(False, True), (True, True)]
-
-
-def test_stuck_worker_is_killed_and_replaced() -> None:
-    pool = GradingPool(1)
-    try:
-        assert pool.map([(boxed("1"), "1", "latex", "openrs")], 1.0)[0].correct
-        stuck = pool.pids[0]
-        os.kill(stuck, signal.SIGSTOP)  # ignores the soft timer: only the hard deadline can end the task
-        start = time.monotonic()
-        verdict = pool.map([(boxed("1"), "1", "latex", "openrs")], 0.5)[0]
-        assert verdict == Verdict(False, "", True, True, None)
-        assert time.monotonic() - start < 0.5 + grading._KILL_GRACE_S + 1.0
-        assert pool.restarts == 1 and pool.pids[0] != stuck
-        assert pool.map([(boxed("2"), "2", "latex", "openrs")], 5.0)[0].correct
-    finally:
-        pool.close()
-
-
-def test_dead_worker_is_replaced() -> None:
-    pool = GradingPool(1)
-    try:
-        assert pool.map([(boxed("1"), "1", "latex", "openrs")], 1.0)[0].correct
-        os.kill(pool.pids[0], signal.SIGKILL)  # died between tasks
-        time.sleep(0.2)
-        assert pool.map([(boxed("1"), "1", "latex", "openrs")], 5.0)[0].correct
-        victim = pool.pids[0]
-        threading.Timer(0.5, os.kill, (victim, signal.SIGKILL)).start()  # dies mid-task
-        verdict = pool.map([(ADVERSARIAL["deep_nesting"], "1", "latex", "openrs")], 30.0)[0]
-        assert not verdict.correct and verdict.error is not None and "died" in verdict.error
-        assert pool.restarts == 2
-    finally:
-        pool.close()
-
-
-BENCHMARKS = ["aime24", "amc23", "math500", "minerva", "olympiadbench"]
-# pred_mode="openrs" is the training reward, which (as the recipe) does not repair malformed operators such as
-# "\frac43" or "11\sqrt2" in the *completion*; a model writing the gold verbatim is then marked wrong. These are
-# the only golds fed back that fail, all in MATH-500 (8 of 500).
-OPENRS_EXCEPTIONS = {
-    "math500": {
-        r"11\sqrt2",
-        r"\frac43",
-        r"\frac65",
-        r"\frac{270}7\text{ degrees}",
-        r"\frac 59",
-        r"\frac9{19}",
-        r"\frac14",
-        r"\frac 34",
-    }
-}
-
-
-def _gold_fields(name: str) -> list[str]:
-    return ["answer", "answer_deepscaler"] if name == "minerva" else ["answer"]
-
-
-@pytest.mark.parametrize(
-    "name",
-    # minerva (two gold fields) and olympiadbench (675 rows) take 10-30 s on 2 busy cores
-    [pytest.param(n, marks=pytest.mark.slow) if n in ("minerva", "olympiadbench") else n for n in BENCHMARKS],
-)
-def test_benchmark_golds_grade_as_correct(name: str) -> None:
-    rows = list(read_bundled(name))
-    gold_modes = ["latex", "expr"] if name in ("aime24", "amc23") else ["latex"]
-    for field in _gold_fields(name):
-        golds = [row[field] for row in rows]
-        # A model boxes the bare answer; wrap_gold drops the $..$ OlympiadBench puts around its golds.
-        completions = [f"Thus the answer is ${wrap_gold(g)}$." for g in golds]
-        for gold_mode in gold_modes:
-            for pred_mode in ("lighteval", "openrs"):
-                verdicts = grade_batch(completions, golds, gold_mode, pred_mode)
-                failed = {g for g, v in zip(golds, verdicts, strict=True) if not v.correct}
-                expected = OPENRS_EXCEPTIONS.get(name, set()) if pred_mode == "openrs" else set()
-                assert failed == expected, (field, gold_mode, pred_mode)
-                assert all(v.gold_ok and not v.timed_out for v in verdicts)
-                accuracy = 1 - sum(g in failed for g in golds) / len(golds)
-                assert accuracy >= (0.98 if expected else 0.99)
+        untrimmed = parse(text, verify._configs()["openrs"], extraction_mode="first_match", parsing_timeout=None)
+        assert [str(x) for x in verify.parse_pred(text, "openrs")] == [str(x) for x in untrimmed]
 
 
 def test_verify_exception_scores_zero_and_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,6 +212,6 @@ def test_verify_exception_scores_zero_and_is_reported(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(math_verify, "verify", flaky_verify)
     # the sympy pair still matches: an exception in another pair does not hide it
-    assert grading.grade_local(boxed("2"), "2") == Verdict(True, "2", True, False, None)
+    assert verify.grade_local(boxed("2"), "2") == Verdict(True, "2", True, False, None)
     # no pair matches and one raised: wrong, with the exception reported
-    assert grading.grade_local(boxed("3"), "2") == Verdict(False, "3", True, False, "RuntimeError: boom")
+    assert verify.grade_local(boxed("3"), "2") == Verdict(False, "3", True, False, "RuntimeError: boom")

@@ -19,7 +19,8 @@ class ValidationPassAtK(L.Callback):
     """Logs ``val/pass@1/<benchmark>`` and ``val/pass@1/avg`` every ``every_n_steps`` optimizer steps and at fit end.
 
     Each rank generates for its own slice (``rank::world_size``) of the first ``num_problems`` problems of each
-    benchmark; the :class:`~openrs_pl.metrics.passk.PassAtK` states are concatenated across ranks on compute,
+    benchmark, graded as ``openrs-pl eval`` grades; the
+    :class:`~openrs_pl.metrics.passk.PassAtK` states are concatenated across ranks on compute,
     so the logged value is the pass@1 over all ``num_problems`` problems, identical on every rank.
 
     Generation reuses the trainer's rollout engine when a ``RolloutCallback`` is present (vLLM included, in its
@@ -115,7 +116,7 @@ class ValidationPassAtK(L.Callback):
         )
         scores = {}
         for bench in self.benchmarks:
-            correct = [r["correct"] for r in records if r["benchmark"] == bench]  # item order, then sample order
+            correct = [r.correct for r in records if r.benchmark == bench]  # item order, then sample order
             verdicts = torch.tensor(correct, dtype=torch.bool, device=pl_module.device).view(-1, self.samples)
             metric = PassAtK(ks=(1,)).to(pl_module.device)
             metric.update(verdicts)  # [problems on this rank, samples]
