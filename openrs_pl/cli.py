@@ -1,32 +1,95 @@
-"""``openrs-pl``: ``fit``/``validate`` through LightningCLI, plus ``eval`` (benchmarks) and ``export`` (HF folder).
+"""``openrs-pl``: ``fit`` (GRPO training through LightningCLI) plus the commands in :data:`COMMANDS`.
 
 openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.max_steps 50
 openrs-pl fit --config configs/tiny_cpu.yaml --print_config
 openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
 openrs-pl export CHECKPOINT.ckpt OUT_DIR
+
+A mistake in the user's input (a config key, a value, a path, a data row) prints one line, ``openrs-pl CMD: error:
+...``, and exits with status 2; ``--debug`` (anywhere on the command line) or ``OPENRS_DEBUG=1`` shows the full
+traceback or parser message instead.
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
+import types
+import typing
+from collections import abc
+from collections.abc import Callable
 from typing import Any
 
-from jsonargparse import set_docstring_parse_options
+from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from openrs_pl.config_errors import config_error_message
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rollout.callback import RolloutCallback
 
+PROG = "openrs-pl"
+DESCRIPTION = "GRPO fine-tuning of small reasoning LLMs (the Open-RS recipe) with PyTorch Lightning."
+FIT_HELP = "train a policy with GRPO from a recipe YAML (LightningCLI: --config, --print_config, --help)"
+
+# Commands besides `fit`: name -> ("module:function", one-line help). The function takes the arguments after
+# the command name. Adding a command is one line here; `openrs-pl --help` lists them all.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "eval": ("openrs_pl.eval.run:main", "zero-shot pass@k of a model on the paper's five math benchmarks"),
+    "export": ("openrs_pl.cli:export_main", "write a training checkpoint's policy as a Hugging Face folder"),
+}
+
+EXIT_USAGE = 2  # a mistake in the command line, a config, a path or the data (argparse's convention)
+DEBUG_FLAG = "--debug"
+# Exceptions that mean "the user's input is wrong": shown as their one-line message, without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+class _ParseFailed(SystemExit):
+    """Raised by the parser instead of printing jsonargparse's multi-line message; ``main`` words it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(EXIT_USAGE)
+        self.message = message
+
+
+class OpenRSArgumentParser(LightningArgumentParser):
+    """A LightningArgumentParser whose errors carry jsonargparse's message up to :class:`OpenRSCLI`."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not self.exit_on_error or debug_requested():  # jsonargparse probing alternatives, or --debug
+            return super().error(message, ex)
+        raise _ParseFailed(message)
+
 
 class OpenRSCLI(LightningCLI):
     """LightningCLI with the rollout callback as a top-level ``rollout:`` group and shared values linked."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # validate/test/predict need steps GRPOModule does not have: only `fit` is offered.
+        return {"fit": LightningCLI.subcommands()["fit"]}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
         # The tokenizer is named once, by the policy.
         parser.link_arguments("model.model", "data.tokenizer")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        args = list(sys.argv[1:] if args is None else args)
+        if isinstance(args, (dict, Namespace)):
+            self.config = parser.parse_object(args)
+            return
+        # The parser that owns the options: the subcommand's (`fit ...`), or the only one (run=False).
+        subparsers = getattr(self, "_subcommand_parsers", {})
+        head, rest = (args[:1], args[1:]) if args and args[0] in subparsers else ([], args)
+        owner = subparsers[head[0]] if head else parser
+        try:
+            self.config = parser.parse_args([*head, *replace_lists_on_command_line(owner, rest)])
+        except _ParseFailed as failed:
+            raise UsageError(config_error_message(owner, rest, failed.message)) from None
 
     def before_instantiate_classes(self) -> None:
         # Batch arithmetic is checked on the parsed config, before any model is loaded.
@@ -37,19 +100,67 @@ class OpenRSCLI(LightningCLI):
             GRPOConfig(**fields).check_batch(config.data.prompts_per_step)
 
 
+class UsageError(ValueError):
+    """A command line or config the parser rejected, already worded as one line."""
+
+
+def replace_lists_on_command_line(parser: LightningArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with ``--key []`` put before every ``--key [...]`` of a list option, so the list replaces the file's.
+
+    jsonargparse merges a list given on the command line into a config file's list of the same length entry by
+    entry (a new ``{name: cosine}`` reward would inherit the ``kwargs`` of the file's reward at its index). A list
+    of another length is taken as given, so an empty list first makes the command-line list replace the file's.
+    ``--key+ VALUE`` still appends.
+
+    >>> class P:
+    ...     _option_string_actions = {"--model.rewards": type("A", (), {"_typehint": list[dict]})()}
+    >>> replace_lists_on_command_line(P(), ["--config", "c.yaml", "--model.rewards", "[{name: cosine}]"])
+    ['--config', 'c.yaml', '--model.rewards', '[]', '--model.rewards', '[{name: cosine}]']
+    """
+    out: list[str] = []
+    for index, token in enumerate(argv):
+        option, has_value, value = token.partition("=")
+        if not has_value:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        action = parser._option_string_actions.get(option) if token.startswith("--") else None
+        if action is not None and _is_list_type(getattr(action, "_typehint", None)) and value.lstrip().startswith("["):
+            out += [option, "[]"]
+        out.append(token)
+    return out
+
+
+def _is_list_type(hint: Any) -> bool:
+    """``list[X]``, ``Sequence[X]`` or a union holding one."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_is_list_type(member) for member in typing.get_args(hint))
+    return typing.get_origin(hint) in (list, abc.Sequence, abc.MutableSequence)
+
+
 def cli_main(args: list[str] | None = None, run: bool = True) -> OpenRSCLI:
-    set_docstring_parse_options(attribute_docstrings=True)
+    """``openrs-pl fit ...`` (or any LightningCLI invocation) as a function; ``args`` default to ``sys.argv``."""
+    set_parsing_settings(docstring_parse_attribute_docstrings=True)
     return OpenRSCLI(
         GRPOModule,
         ProblemDataModule,
+        parser_class=OpenRSArgumentParser,
+        # allow_abbrev=False: a key is spelled out in full, as in a YAML (argparse would take --trainer.max_step).
+        parser_kwargs={
+            "prog": PROG,
+            "description": DESCRIPTION,
+            "allow_abbrev": False,
+            "fit": {"description": FIT_HELP, "allow_abbrev": False},
+        },
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        # `model.optim` is the one optimizer setting; LightningCLI's --optimizer would silently replace it.
+        auto_configure_optimizers=False,
         args=args,
         run=run,
     )
 
 
-def _export(argv: list[str]) -> None:
+def export_main(argv: list[str]) -> None:
+    """``openrs-pl export CHECKPOINT OUT_DIR``."""
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -62,16 +173,68 @@ def _export(argv: list[str]) -> None:
     print(f"exported to {module.export_hf(a.out_dir)}")
 
 
-def main(argv: list[str] | None = None) -> Any:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "eval":
-        from openrs_pl.eval.run import main as eval_main
+def debug_requested() -> bool:
+    """``--debug`` was given (``main`` turns it into ``OPENRS_DEBUG=1``) or ``OPENRS_DEBUG`` is set."""
+    return os.environ.get("OPENRS_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
 
-        return eval_main(argv[1:])
-    if argv and argv[0] == "export":
-        return _export(argv[1:])
-    return cli_main(argv)
+
+def print_help() -> None:
+    width = max(len(name) for name in ("fit", *COMMANDS))
+    lines = [f"usage: {PROG} [{DEBUG_FLAG}] {{{','.join(['fit', *COMMANDS])}}} ...", "", DESCRIPTION, "", "commands:"]
+    entries = [("fit", FIT_HELP), *((name, text) for name, (_, text) in COMMANDS.items())]
+    lines += [f"  {name:<{width}}  {text}" for name, text in entries]
+    lines += [
+        "",
+        "options:",
+        f"  {DEBUG_FLAG}  show the full traceback of an error instead of its one-line message (or OPENRS_DEBUG=1)",
+        "",
+        f"Run `{PROG} COMMAND --help` for the options of a command.",
+    ]
+    print("\n".join(lines))
+
+
+def command_function(name: str) -> Callable[[list[str]], Any]:
+    module, _, function = COMMANDS[name][0].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def user_error_message(exc: BaseException) -> str | None:
+    """The one line shown for ``exc``, or ``None`` when it is a bug (shown with its traceback)."""
+    if isinstance(exc, UsageError):
+        return f"{exc} (see {PROG} fit --help)"
+    if isinstance(exc, USER_ERRORS):
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        return f"{lines[0]} ({DEBUG_FLAG} shows the traceback)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``openrs-pl`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if DEBUG_FLAG in argv:
+        argv.remove(DEBUG_FLAG)
+        os.environ["OPENRS_DEBUG"] = "1"
+    command = argv[0] if argv else None
+    if command in (None, "-h", "--help"):
+        print_help()
+        return 0 if command else EXIT_USAGE
+    if command != "fit" and command not in COMMANDS and not command.startswith("-"):
+        known = ", ".join(["fit", *COMMANDS])
+        print(f"{PROG}: error: unknown command {command!r}; commands: {known} (see {PROG} --help)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if command in COMMANDS:
+            command_function(command)(argv[1:])
+        else:
+            cli_main(argv)
+    except Exception as exc:
+        message = None if debug_requested() else user_error_message(exc)
+        if message is None:
+            raise
+        print(f"{PROG} {command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

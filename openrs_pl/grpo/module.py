@@ -27,8 +27,10 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
+from openrs_pl.data.sources import first_line
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
 from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.models.source import resolve_model
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -72,11 +74,11 @@ class GRPOModule(L.LightningModule):
         validate_reward_specs(rewards)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model_name = model
-        _check_model_source(model)
+        # Local folder or hub id, decided once; the location is what every loader (and the vLLM engine) reads.
+        self.model_name = resolve_model(model).location
         self.reward_set = RewardSet(rewards)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.policy = _load_causal_lm(model, torch_dtype, attn_implementation)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_name)
+        self.policy = _load_causal_lm(self.model_name, torch_dtype, attn_implementation)
         if gradient_checkpointing:
             self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.policy.config.use_cache = False
@@ -84,7 +86,7 @@ class GRPOModule(L.LightningModule):
         # (so not checkpointed twice) and never wrapped by the strategy.
         self._reference: list[nn.Module] = []
         if self.grpo.beta > 0:
-            ref = _load_causal_lm(model, torch_dtype, attn_implementation).eval().requires_grad_(False)
+            ref = _load_causal_lm(self.model_name, torch_dtype, attn_implementation).eval().requires_grad_(False)
             self._reference.append(ref)
 
     @property
@@ -262,16 +264,6 @@ class GRPOModule(L.LightningModule):
         return out
 
 
-def _check_model_source(model: str) -> None:
-    """Reject a local-looking path that does not exist before anything is downloaded or loaded."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).suffix != ""
-    path = Path(model).expanduser()
-    if looks_local and not path.is_dir():
-        raise ValueError(f"model path {model!r} does not exist (expected a folder written by save_pretrained)")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ValueError(f"model folder {model!r} has no config.json: not a save_pretrained checkpoint")
-
-
 def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> nn.Module:
     """``from_pretrained`` with one clear error when the path or hub id cannot be loaded."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -281,9 +273,8 @@ def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | N
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"cannot load model {model!r}: not a local HF folder and not reachable on the hub "
-            f"({err.__class__.__name__}). "
-            "Pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id."
+            f"cannot load model {model}: {err.__class__.__name__}: {first_line(err)}; "
+            "pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id"
         ) from None
 
 
