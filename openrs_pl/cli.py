@@ -13,19 +13,23 @@ traceback or parser message instead.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 import types
 import typing
 from collections import abc
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from openrs_pl.config_errors import config_error_message
 from openrs_pl.data.datamodule import ProblemDataModule
+from openrs_pl.data.sources import ColumnMap, load_problems_with_stats
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rollout.callback import RolloutCallback
@@ -91,17 +95,86 @@ class OpenRSCLI(LightningCLI):
         except _ParseFailed as failed:
             raise UsageError(config_error_message(owner, rest, failed.message)) from None
 
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before any model loads.
+
+        Unlike LightningCLI, the checkpoint's hyperparameters do not replace the model's config (which silently
+        trained the checkpoint's model when ``--model.model`` named another one): the command line and the YAML
+        decide the run; the checkpoint restores weights, optimizer state and progress, and a checkpoint of another
+        model shape is refused when it is loaded.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if ckpt_path:
+            check_checkpoint(str(ckpt_path))
+
     def before_instantiate_classes(self) -> None:
-        # Batch arithmetic is checked on the parsed config, before any model is loaded.
+        # Batch arithmetic and the data are checked on the parsed config, before any model is loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
         grpo = config.model.grpo
         if grpo is not None:
             fields = {k: v for k, v in vars(grpo).items() if not k.startswith("_")}
             GRPOConfig(**fields).check_batch(config.data.prompts_per_step)
+        check_output_dirs(config.trainer)
+        check_data(config.data)
 
 
 class UsageError(ValueError):
     """A command line or config the parser rejected, already worded as one line."""
+
+
+# ckpt_path values Lightning resolves itself.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint(path: str) -> None:
+    """Raise :class:`UsageError` unless ``path`` is a Lightning checkpoint (a file, or a DeepSpeed folder)."""
+    if path in _SPECIAL_CKPT_PATHS or path.startswith("registry:") or Path(path).is_dir():
+        return
+    if not Path(path).is_file():
+        raise UsageError(f"--ckpt_path {path}: no such checkpoint file")
+    try:  # mmap: only the header is read, whatever the checkpoint's size
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike for a file that is not one
+        raise UsageError(
+            f"--ckpt_path {path}: not a checkpoint written by `openrs-pl fit` ({type(exc).__name__})"
+        ) from None
+
+
+def check_output_dirs(trainer: Namespace) -> None:
+    """Create the run's output folders now, so that an unusable one is reported before any model loads."""
+    logger = trainer.get("logger")
+    save_dir = logger.get("init_args", {}).get("save_dir") if isinstance(logger, Namespace) else None
+    for flag, folder in (
+        ("trainer.default_root_dir", trainer.get("default_root_dir")),
+        ("trainer.logger.init_args.save_dir", save_dir),
+    ):
+        if not folder or "://" in str(folder):  # remote paths are the logger's business
+            continue
+        try:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--{flag} {folder}: cannot create the folder ({exc.strerror}); choose a writable one"
+            ) from None
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--{flag} {folder}: folder is not writable; choose a writable one")
+
+
+def check_data(data: Namespace) -> None:
+    """Load and check the training data as configured (before the models load: those take minutes at 1.5B).
+
+    The data module loads it again in ``setup``; the rows are not kept here, and the log lines about skipped
+    rows are written then, once.
+    """
+    columns = ColumnMap(**vars(data.columns)) if data.get("columns") else ColumnMap()
+    logger = logging.getLogger("openrs_pl.data")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        load_problems_with_stats(data.source, data.split, columns, data.on_bad_row, data.dedupe)
+    finally:
+        logger.setLevel(level)
 
 
 def replace_lists_on_command_line(parser: LightningArgumentParser, argv: list[str]) -> list[str]:
@@ -202,6 +275,12 @@ def user_error_message(exc: BaseException) -> str | None:
     """The one line shown for ``exc``, or ``None`` when it is a bug (shown with its traceback)."""
     if isinstance(exc, UsageError):
         return f"{exc} (see {PROG} fit --help)"
+    if isinstance(exc, RuntimeError) and "Error(s) in loading state_dict" in str(exc):
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        return (
+            f"--ckpt_path holds another model's weights: {(lines[0] if lines else str(exc)).rstrip('.')}; "
+            "resume with the model.model the checkpoint was trained from"
+        )
     if isinstance(exc, USER_ERRORS):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         return f"{lines[0]} ({DEBUG_FLAG} shows the traceback)"

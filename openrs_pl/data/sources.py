@@ -110,6 +110,8 @@ def load_problems_with_stats(
         if bad:
             shown = "; ".join(bad[:_EXAMPLES_SHOWN]) + ("; ..." if len(bad) > _EXAMPLES_SHOWN else "")
             log_rank_zero(f"skipped {len(bad)} bad row(s) in {label}: {shown}", logging.WARNING)
+    if not stats.loaded:
+        raise ValueError(f"{source}: no rows at all (an empty file?); give a file with one problem per row")
     if not rows:
         raise ValueError(
             f"{source}: no usable rows ({stats.loaded} read, {stats.skipped_bad_rows} bad); "
@@ -232,7 +234,12 @@ def read_local_file(path: Path) -> Rows:
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
         records = parse_json_records(text) if path.suffix == ".json" else parse_json_lines(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
+    except (OSError, ValueError) as exc:
         # pyarrow's ArrowInvalid and json's JSONDecodeError are ValueErrors.
         raise ValueError(f"cannot read {path}: {first_line(exc)}") from None
     for index, record in enumerate(records):
