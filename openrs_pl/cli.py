@@ -27,7 +27,7 @@ import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from openrs_pl.config_errors import config_error_message
+from openrs_pl.config_errors import config_error_message, yaml_problem
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.data.sources import ColumnMap, load_problems_with_stats
 from openrs_pl.grpo.config import GRPOConfig
@@ -90,6 +90,9 @@ class OpenRSCLI(LightningCLI):
         subparsers = getattr(self, "_subcommand_parsers", {})
         head, rest = (args[:1], args[1:]) if args and args[0] in subparsers else ([], args)
         owner = subparsers[head[0]] if head else parser
+        problem = yaml_problem(rest)  # jsonargparse would name neither the file nor the line
+        if problem:
+            raise UsageError(problem)
         try:
             self.config = parser.parse_args([*head, *replace_lists_on_command_line(owner, rest)])
         except _ParseFailed as failed:

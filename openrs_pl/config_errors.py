@@ -166,4 +166,4 @@ def condense(message: str) -> str:
 
 def config_error_message(parser: argparse.ArgumentParser, argv: list[str], message: str) -> str:
     """The one-line replacement of jsonargparse's ``message`` for a failed parse of ``argv``."""
-    return yaml_problem(argv) or unknown_key_message(parser, argv) or condense(message)
+    return unknown_key_message(parser, argv) or condense(message)
