@@ -112,14 +112,19 @@ class OpenRSCLI(LightningCLI):
             check_checkpoint(str(ckpt_path))
 
     def before_instantiate_classes(self) -> None:
-        # Batch arithmetic and the data are checked on the parsed config, before any model is loaded.
+        # Batch arithmetic is checked on the parsed config, before any model is loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
         grpo = config.model.grpo
         if grpo is not None:
             fields = {k: v for k, v in vars(grpo).items() if not k.startswith("_")}
             GRPOConfig(**fields).check_batch(config.data.prompts_per_step)
+
+    def instantiate_classes(self) -> None:
+        # The outputs and the data are checked before the models load (minutes for 1.5B parameters).
+        config = self.config[self.subcommand] if self.subcommand else self.config
         check_output_dirs(config.trainer)
         check_data(config.data)
+        super().instantiate_classes()
 
 
 class UsageError(ValueError):

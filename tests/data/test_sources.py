@@ -143,7 +143,11 @@ def test_error_in_a_folder_names_the_offending_file(tmp_path: Path) -> None:
             r"cannot read .*broken\.jsonl: line 2 is not valid JSON",
         ),
         ("broken.json", b"[{", r"cannot read .*broken\.json: not valid JSON"),
-        ("latin1.jsonl", '{"problem": "caf\xe9"}\n'.encode("latin-1"), r"latin1\.jsonl: line 1 is not UTF-8 text \(byte 0xe9\); re-save the file as UTF-8"),
+        (
+            "latin1.jsonl",
+            '{"problem": "caf\xe9"}\n'.encode("latin-1"),
+            r"latin1\.jsonl: line 1 is not UTF-8 text \(byte 0xe9\); re-save the file as UTF-8",
+        ),
         ("garbage.parquet", b"not a parquet file at all", r"cannot read .*garbage\.parquet: "),
         ("rows.jsonl", b'["problem", "answer"]\n', r"rows\.jsonl: row 0 is a JSON list, not an object"),
         ("data.csv", b"problem,answer\n", r"unsupported file type '\.csv'"),
