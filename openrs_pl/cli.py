@@ -27,7 +27,7 @@ import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from openrs_pl.config_errors import config_error_message, yaml_problem
+from openrs_pl.config_errors import condense, config_error_message, yaml_problem
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.data.sources import ColumnMap, load_problems_with_stats
 from openrs_pl.grpo.config import GRPOConfig
@@ -96,6 +96,8 @@ class OpenRSCLI(LightningCLI):
         try:
             self.config = parser.parse_args([*head, *replace_lists_on_command_line(owner, rest)])
         except _ParseFailed as failed:
+            if subparsers and not head:  # no known subcommand: there are no config keys to check
+                raise UsageError(condense(failed.message)) from None
             raise UsageError(config_error_message(owner, rest, failed.message)) from None
 
     def _parse_ckpt_path(self) -> None:

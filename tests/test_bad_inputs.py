@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +166,11 @@ CASES: list[Case] = [
         r"all 8 prompts are longer than 4 tokens; raise --data.max_prompt_length or keep their ends with "
         r"--data.overlong_prompts truncate",
     ),
+    (
+        "bad data and a missing model: the data is checked first, before any model loads",
+        lambda f: f.fit("--model.model", "runs/nomodel", data=f.write("empty.jsonl", "")),
+        r"empty\.jsonl: no rows at all",
+    ),
     # --- models, checkpoints and outputs
     (
         "missing model given as a relative path",
@@ -240,44 +244,40 @@ def test_bad_input_fails_in_one_line(
     assert re.search(message, lines[0]), lines[0]
 
 
-def run_console(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed ``openrs-pl`` script with this checkout first on the path, offline."""
-    full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([str(CONSOLE_SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=300)
-
-
 CONSOLE_CASES = ["mistyped key on the command line", "mistyped key in a YAML", "malformed YAML", "every row bad"]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", CONSOLE_CASES)
-def test_console_script_prints_one_line_and_exits_2(name: str, files: Files) -> None:
-    _, argv, message = next(c for c in CASES if c[0] == name)
-    result = run_console(*argv(files))
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    assert len(result.stderr.strip().splitlines()) <= 5, result.stderr
-    assert re.search(message, result.stderr), result.stderr
+def test_console_script_prints_one_line_and_exits_2(files: Files) -> None:
+    """A subset of the table, plus ``--debug`` and an unreachable hub, through the installed script (in parallel)."""
+    offline = {"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    runs = {name: start_console(*next(c for c in CASES if c[0] == name)[1](files)) for name in CONSOLE_CASES}
+    runs["--debug"] = start_console(*files.fit(data=files.write("empty.jsonl", "")), "--debug")
+    runs["unreachable hub"] = start_console(*files.fit("--model.model", "runs/nomodel"), env=offline)
+    results = {name: finish(proc) for name, proc in runs.items()}
+    for name in CONSOLE_CASES:
+        code, err = results[name]
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) <= 5, (name, err)
+        assert re.search(next(c for c in CASES if c[0] == name)[2], err), (name, err)
+    code, err = results["--debug"]
+    assert code != 0 and "Traceback" in err and "no rows at all" in err
+    # No HF_HUB_OFFLINE: one refused connection, then one line (it took 52 s of retries; timed in test_source.py).
+    code, err = results["unreachable hub"]
+    assert code == 2, err
+    assert "hub model id 'runs/nomodel' is not in the local cache while the hub is unreachable (cannot connect" in err
 
 
-@pytest.mark.slow
-def test_console_script_debug_shows_the_traceback(files: Files) -> None:
-    result = run_console(*files.fit(data=files.write("empty.jsonl", "")), "--debug")
-    assert result.returncode != 0 and "Traceback" in result.stderr and "no rows at all" in result.stderr
-
-
-@pytest.mark.slow
-def test_missing_model_with_an_unreachable_hub_fails_fast(files: Files) -> None:
-    """No HF_HUB_OFFLINE: one short connection attempt, then the one-line error (it took 52 s of retries)."""
-    start = time.monotonic()
-    env = {"HF_HUB_OFFLINE": "", "HF_DATASETS_OFFLINE": "", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    result = run_console(*files.fit("--model.model", "runs/nomodel"), env=env)
-    elapsed = time.monotonic() - start
-    assert result.returncode == 2, result.stderr
-    assert "hub model id 'runs/nomodel' is not in the local cache while the hub is unreachable (cannot connect to " in (
-        result.stderr
+def start_console(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """The installed ``openrs-pl`` script with this checkout first on the path, offline unless ``env`` says else."""
+    full_env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.Popen(
+        [str(CONSOLE_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
     )
-    assert elapsed < 30, elapsed  # import + one refused connection; the retries took 52 s
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
 
 
 @pytest.mark.slow

@@ -20,11 +20,6 @@ CONSOLE_SCRIPT = Path(sys.executable).with_name("openrs-pl")
 REWARD_KEYS = ("model.rewards", "rollout.rewards")
 
 
-def run_console(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([str(CONSOLE_SCRIPT), *args], capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
-
-
 def test_help_is_titled_for_openrs_pl_and_lists_every_working_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -40,6 +35,11 @@ def test_help_is_titled_for_openrs_pl_and_lists_every_working_command(capsys: py
 def test_lightning_subcommands_without_steps_are_not_offered(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main([name, "--config", "configs/tiny_cpu.yaml"]) == 2
     assert f"unknown command '{name}'" in capsys.readouterr().err
+
+
+def test_the_lightning_parser_offers_only_fit() -> None:
+    with pytest.raises(ValueError, match="validate"):  # jsonargparse: not one of the subcommands
+        cli_main(["validate", "--config", "configs/tiny_cpu.yaml"])
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -104,17 +104,34 @@ def test_debug_shows_the_traceback(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 @pytest.mark.slow
 def test_console_script_help_commands_and_list_override() -> None:
-    """Through the installed script: titled help (exit 0), a rejected subcommand (exit 2), a replaced list."""
-    help_ = run_console("--help")
-    assert help_.returncode == 0 and "usage: openrs-pl" in help_.stdout and "eval" in help_.stdout
-    assert "Lightning Trainer command line tool" not in help_.stdout + help_.stderr
-    rejected = run_console("validate")
-    assert rejected.returncode == 2 and "unknown command 'validate'" in rejected.stderr
+    """Through the installed script (in parallel): titled help (exit 0), a rejected subcommand (exit 2), a list."""
     key = rewards_key()
-    printed = run_console(
-        "fit", "--config", "configs/tiny_cpu.yaml", f"--{key}", "[{name: cosine, weight: 2.0}, {name: format}]",
-        "--print_config",
-    )  # fmt: skip
-    assert printed.returncode == 0, printed.stderr
-    assert "gold_field" not in printed.stdout and "name: cosine" in printed.stdout
-    assert "Deprecat" not in printed.stderr
+    runs = [
+        start_console("--help"),
+        start_console("validate"),
+        start_console(
+            "fit",
+            "--config",
+            "configs/tiny_cpu.yaml",
+            f"--{key}",
+            "[{name: cosine, weight: 2.0}, {name: format}]",
+            "--print_config",
+        ),  # fmt: skip
+    ]
+    (help_, rejected, printed) = [(p.communicate(timeout=300), p.returncode) for p in runs]
+    (out, err), code = help_
+    assert code == 0 and "usage: openrs-pl" in out and "  eval " in out
+    assert "Lightning Trainer command line tool" not in out + err
+    (out, err), code = rejected
+    assert code == 2 and "unknown command 'validate'" in err
+    (out, err), code = printed
+    assert code == 0, err
+    assert "gold_field" not in out and "name: cosine" in out
+    assert "Deprecat" not in err
+
+
+def start_console(*args: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [str(CONSOLE_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,14 @@ def test_hub_id_online_goes_to_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (found.where, found.location, str(found)) == ("hub", "Qwen/Qwen2-0.5B", "hub id Qwen/Qwen2-0.5B")
 
 
-def test_an_unreachable_endpoint_is_detected_in_one_short_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
-    reason = source._connect_error("http://127.0.0.1:9")  # nothing listens on the discard port
-    assert reason is not None and reason.startswith("cannot connect to http://127.0.0.1:9")
+def test_an_unreachable_hub_fails_fast_without_hf_hub_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not declared offline: one refused connection decides it (from_pretrained spent 52 s retrying)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.monotonic()
+    with pytest.raises(SourceNotFoundError, match=r"the hub is unreachable \(cannot connect to http://127.0.0.1:9: "):
+        resolve_model("runs/nomodel")
+    assert time.monotonic() - start < 5
