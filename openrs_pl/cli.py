@@ -231,7 +231,7 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OpenRSCLI:
             "prog": PROG,
             "description": DESCRIPTION,
             "allow_abbrev": False,
-            "fit": {"description": FIT_HELP, "allow_abbrev": False},
+            "fit": {"description": FIT_HELP},
         },
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
