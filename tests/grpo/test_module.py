@@ -112,7 +112,7 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
     [
         ({"rewards": [RewardSpec("no_such_reward")]}, "no_such_reward"),
         ({"rewards": []}, "rewards is empty"),
-        ({"model": "./does/not/exist"}, "does not exist"),
+        ({"model": "./does/not/exist"}, "no such local model folder"),
     ],
 )
 def test_bad_config_fails_before_loading(tiny_model_dir: Path, kwargs: dict, message: str, monkeypatch) -> None:
@@ -122,7 +122,7 @@ def test_bad_config_fails_before_loading(tiny_model_dir: Path, kwargs: dict, mes
     monkeypatch.setattr("openrs_pl.grpo.module.AutoModelForCausalLM.from_pretrained", no_loading)
     monkeypatch.setattr("openrs_pl.grpo.module.AutoTokenizer.from_pretrained", no_loading)
     args = {"model": str(tiny_model_dir), "rewards": [RewardSpec("format")]} | kwargs
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
         GRPOModule(**args)
 
 
