@@ -82,10 +82,10 @@ class OpenRSCLI(LightningCLI):
         parser.link_arguments("model.model", "data.tokenizer")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        args = list(sys.argv[1:] if args is None else args)
         if isinstance(args, (dict, Namespace)):
             self.config = parser.parse_object(args)
             return
+        args = list(sys.argv[1:] if args is None else args)
         # The parser that owns the options: the subcommand's (`fit ...`), or the only one (run=False).
         subparsers = getattr(self, "_subcommand_parsers", {})
         head, rest = (args[:1], args[1:]) if args and args[0] in subparsers else ([], args)
