@@ -47,8 +47,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 EXIT_USAGE = 2  # a mistake in the command line, a config, a path or the data (argparse's convention)
 DEBUG_FLAG = "--debug"
-# Exceptions that mean "the user's input is wrong": shown as their one-line message, without a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Exceptions that mean "the user's input or environment is wrong" (a value, a path, a file, a hub id that
+# transformers cannot load): shown as their first line, without a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 class _ParseFailed(SystemExit):
