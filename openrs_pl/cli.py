@@ -105,7 +105,7 @@ class OpenRSCLI(LightningCLI):
         """Check ``--ckpt_path`` before any model loads.
 
         Unlike LightningCLI, the checkpoint's hyperparameters do not replace the model's config (which silently
-        trained the checkpoint's model when ``--model.model`` named another one): the command line and the YAML
+        trained the checkpoint's model when the command line named another one): the command line and the YAML
         decide the run; the checkpoint restores weights, optimizer state and progress, and a checkpoint of another
         model shape is refused when it is loaded.
         """
@@ -290,7 +290,7 @@ def user_error_message(exc: BaseException) -> str | None:
         lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         return (
             f"--ckpt_path holds another model's weights: {(lines[0] if lines else str(exc)).rstrip('.')}; "
-            "resume with the model.model the checkpoint was trained from"
+            "resume with the model the checkpoint was trained from"
         )
     if isinstance(exc, USER_ERRORS):
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
@@ -313,10 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {command!r}; commands: {known} (see {PROG} --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if command in COMMANDS:
-            command_function(command)(argv[1:])
-        else:
-            cli_main(argv)
+        if command in COMMANDS:  # a command's own exit status, when it returns one
+            status = command_function(command)(argv[1:])
+            return status if isinstance(status, int) else 0
+        cli_main(argv)
     except Exception as exc:
         message = None if debug_requested() else user_error_message(exc)
         if message is None:

@@ -135,3 +135,12 @@ def start_console(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [str(CONSOLE_SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT
     )
+
+
+def exits_with_three(argv: list[str]) -> int:
+    return 3 if argv == ["x"] else 0
+
+
+def test_a_commands_exit_status_is_the_processs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(COMMANDS, "three", ("tests.test_cli_entry:exits_with_three", "returns 3"))
+    assert main(["three", "x"]) == 3 and main(["three"]) == 0
