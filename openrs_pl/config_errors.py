@@ -149,6 +149,8 @@ def condense(message: str) -> str:
     >>> condense('Parser key "model.grpo":\\n  Errors:\\n    - Problem with given class_path \\'x\\':\\n'
     ...          '        Parser key "beta":\\n          Expected a <class \\'float\\'>. Got value: abc')
     "model.grpo.beta: Expected a <class 'float'>. Got value: abc"
+    >>> condense('Parser key "model.model":\n  Expected a <class \'str\'>. Got value: None')
+    'model.model is required; give --model.model or set it in the --config file'
     """
     key: list[str] = []
     details: list[str] = []
@@ -161,6 +163,8 @@ def condense(message: str) -> str:
         if text and not text.startswith(_NOISE):
             details.append(text.removeprefix("- "))
     reason = "; ".join(dict.fromkeys(details[:2])) or message.strip()
+    if key and reason.endswith("Got value: None"):
+        return f"{'.'.join(key)} is required; give --{'.'.join(key)} or set it in the --config file"
     return f"{'.'.join(key)}: {reason}" if key else reason
 
 

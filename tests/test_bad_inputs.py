@@ -66,6 +66,11 @@ CASES: list[Case] = [
     # --- the command line and the config
     ("unknown command", lambda f: ["validate"], r"unknown command 'validate'; commands: fit, eval, export"),
     (
+        "no config at all",
+        lambda f: ["fit"],
+        r"model\.\w+ is required; give --model\.\w+ or set it in the --config file",
+    ),
+    (
         "mistyped key on the command line",
         lambda f: f.fit("--model.grpo.betaa", "0.1"),
         r"unknown key 'model.grpo.betaa' on the command line; did you mean 'model.grpo.beta'\?",
