@@ -149,7 +149,7 @@ def condense(message: str) -> str:
     >>> condense('Parser key "model.grpo":\\n  Errors:\\n    - Problem with given class_path \\'x\\':\\n'
     ...          '        Parser key "beta":\\n          Expected a <class \\'float\\'>. Got value: abc')
     "model.grpo.beta: Expected a <class 'float'>. Got value: abc"
-    >>> condense('Parser key "model.model":\n  Expected a <class \'str\'>. Got value: None')
+    >>> condense('Parser key "model.model":\\n  Expected a str. Got value: None')
     'model.model is required; give --model.model or set it in the --config file'
     """
     key: list[str] = []
