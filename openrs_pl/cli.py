@@ -3,7 +3,8 @@
 openrs-pl fit --config configs/openrs_exp2.yaml --trainer.devices 3 --trainer.max_steps 50
 openrs-pl fit --config configs/tiny_cpu.yaml --print_config
 openrs-pl eval --model runs/x/hf_model --benchmarks aime24,amc23
-openrs-pl export CHECKPOINT.ckpt OUT_DIR
+openrs-pl export CHECKPOINT OUT_DIR        (a .ckpt file or a DeepSpeed checkpoint folder)
+openrs-pl plan --config configs/openrs_exp3.yaml --gpu-memory 40
 
 A mistake in the user's input (a config key, a value, a path, a data row) prints one line, ``openrs-pl CMD: error:
 ...``, and exits with status 2; ``--debug`` (anywhere on the command line) or ``OPENRS_DEBUG=1`` shows the full
@@ -27,6 +28,7 @@ import torch
 from jsonargparse import Namespace, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from openrs_pl import strategies  # noqa: F401  (registers the deepspeed_stage_*_cpu strategy names)
 from openrs_pl.config_errors import condense, config_error_message, yaml_problem
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.data.sources import ColumnMap, load_problems_with_stats
@@ -42,7 +44,8 @@ FIT_HELP = "train a policy with GRPO from a recipe YAML (LightningCLI: --config,
 # the command name. Adding a command is one line here; `openrs-pl --help` lists them all.
 COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("openrs_pl.eval.run:main", "zero-shot pass@k of a model on the paper's five math benchmarks"),
-    "export": ("openrs_pl.cli:export_main", "write a training checkpoint's policy as a Hugging Face folder"),
+    "export": ("openrs_pl.cli:_export", "write a training checkpoint's policy as a Hugging Face folder"),
+    "plan": ("openrs_pl.cli:_plan", "per-device memory plan of a recipe config, before renting the GPUs"),
 }
 
 EXIT_USAGE = 2  # a mistake in the command line, a config, a path or the data (argparse's convention)
@@ -70,7 +73,11 @@ class OpenRSArgumentParser(LightningArgumentParser):
 
 
 class OpenRSCLI(LightningCLI):
-    """LightningCLI with the rollout callback as a top-level ``rollout:`` group and shared values linked."""
+    """LightningCLI with the rollout callback as a top-level ``rollout:`` group and shared values linked.
+
+    Each setting is named once: the model path by ``model.name_or_path`` (the DataModule's tokenizer follows it),
+    the sampling temperature and length limit by ``rollout.*`` (the module scores log-probs with them).
+    """
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -79,8 +86,9 @@ class OpenRSCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(RolloutCallback, "rollout")
-        # The tokenizer is named once, by the policy.
-        parser.link_arguments("model.model", "data.tokenizer")
+        parser.link_arguments("model.name_or_path", "data.tokenizer")
+        parser.link_arguments("rollout.temperature", "model.temperature")
+        parser.link_arguments("rollout.max_completion_length", "model.max_completion_length")
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         if isinstance(args, (dict, Namespace)):
@@ -115,12 +123,10 @@ class OpenRSCLI(LightningCLI):
             check_checkpoint(str(ckpt_path))
 
     def before_instantiate_classes(self) -> None:
-        # Batch arithmetic is checked on the parsed config, before any model is loaded.
+        # Batch arithmetic is checked on the parsed config, before anything is built or loaded.
         config = self.config[self.subcommand] if self.subcommand else self.config
-        grpo = config.model.grpo
-        if grpo is not None:
-            fields = {k: v for k, v in vars(grpo).items() if not k.startswith("_")}
-            GRPOConfig(**fields).check_batch(config.data.prompts_per_step)
+        fields = {k: v for k, v in vars(config.model.grpo).items() if not k.startswith("_")}
+        GRPOConfig(**fields).check_batch(config.data.prompts_per_step * config.rollout.num_generations)
 
     def instantiate_classes(self) -> None:
         # The outputs and the data are checked before the models load (minutes for 1.5B parameters).
@@ -243,18 +249,24 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> OpenRSCLI:
     )
 
 
-def export_main(argv: list[str]) -> None:
-    """``openrs-pl export CHECKPOINT OUT_DIR``."""
-    import argparse
+def _export(argv: list[str]) -> int:
+    from jsonargparse import auto_cli
 
-    parser = argparse.ArgumentParser(
-        prog="openrs-pl export", description="Write a checkpoint's policy as an HF folder."
-    )
-    parser.add_argument("checkpoint")
-    parser.add_argument("out_dir")
-    a = parser.parse_args(argv)
-    module = GRPOModule.load_from_checkpoint(a.checkpoint, map_location="cpu")
-    print(f"exported to {module.export_hf(a.out_dir)}")
+    from openrs_pl.export import ExportError, export_checkpoint
+
+    try:
+        out = auto_cli(export_checkpoint, args=argv, prog="openrs-pl export")
+    except ExportError as err:
+        print(f"openrs-pl export: error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported to {out}")
+    return 0
+
+
+def _plan(argv: list[str]) -> int:
+    from openrs_pl.plan import main as plan_main
+
+    return plan_main(argv, OpenRSCLI)
 
 
 def debug_requested() -> bool:

@@ -119,7 +119,7 @@ CASES: list[Case] = [
     (
         "batch not divisible into micro-batches",
         lambda f: f.fit("--model.grpo.micro_batch_size", "7"),
-        r"not divisible by grpo.micro_batch_size \(7\)",
+        r"not divisible by (model\.)?grpo\.micro_batch_size \(7\)",
     ),
     # --- the data
     (
