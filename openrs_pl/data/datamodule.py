@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT, build_chat_prompt
 from openrs_pl.data.sources import ColumnMap, OnBadRow, load_problems_with_stats, log_rank_zero
+from openrs_pl.models.source import resolve_model
 
 OverlongPrompts = Literal["drop", "truncate"]
 Batch = dict[str, list[Any]]
@@ -137,7 +138,7 @@ class ProblemDataModule(LightningDataModule):
             raise ValueError("ProblemDataModule needs a tokenizer (a path or id for AutoTokenizer) before setup()")
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(self.tokenizer).location)
         problems, load_stats = load_problems_with_stats(
             self.source, self.split, self.columns, self.on_bad_row, self.dedupe
         )
@@ -163,11 +164,14 @@ class ProblemDataModule(LightningDataModule):
             action = "dropped" if dropping else "left-truncated"
             log_rank_zero(
                 f"{self.source}: {action} {overlong} of {len(problems)} prompts longer than "
-                f"{self.max_prompt_length} tokens (overlong_prompts={self.overlong_prompts!r})",
+                f"{self.max_prompt_length} tokens (--data.overlong_prompts {self.overlong_prompts})",
                 logging.WARNING,
             )
         if not self.rows:
-            raise ValueError(f"{self.source}: every prompt is longer than max_prompt_length={self.max_prompt_length}")
+            raise ValueError(
+                f"{self.source}: all {len(problems)} prompts are longer than {self.max_prompt_length} tokens; raise "
+                "--data.max_prompt_length or keep their ends with --data.overlong_prompts truncate"
+            )
         log_rank_zero(f"{self.source}: {self.num_prompts} prompts ready; {self.stats}")
 
     def state_dict(self) -> dict[str, int]:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from openrs_pl.data.bundled import bundled_path, read_bundled
+from openrs_pl.models.source import resolve_dataset
 
 log = logging.getLogger("openrs_pl.data")
 
@@ -92,7 +93,8 @@ def load_problems_with_stats(
         where the source lacks them) plus all source columns unchanged, and the load statistics.
 
     Raises:
-        FileNotFoundError: ``source`` looks like a path but does not exist.
+        SourceNotFoundError: ``source`` is neither an existing local path nor a usable hub id (a
+            ``FileNotFoundError``; see :mod:`openrs_pl.models.source`).
         ValueError: An unreadable file, an unknown hub dataset, a column missing from a whole file, a bad row
             (with ``on_bad_row="error"``), or no usable row at all. Always one line.
     """
@@ -108,8 +110,13 @@ def load_problems_with_stats(
         if bad:
             shown = "; ".join(bad[:_EXAMPLES_SHOWN]) + ("; ..." if len(bad) > _EXAMPLES_SHOWN else "")
             log_rank_zero(f"skipped {len(bad)} bad row(s) in {label}: {shown}", logging.WARNING)
+    if not stats.loaded:
+        raise ValueError(f"{source}: no rows at all (an empty file?); give a file with one problem per row")
     if not rows:
-        raise ValueError(f"{source}: no usable rows ({stats.loaded} read, {stats.skipped_bad_rows} bad)")
+        raise ValueError(
+            f"{source}: no usable rows ({stats.loaded} read, {stats.skipped_bad_rows} bad); "
+            "check the file's contents and the column names (--data.columns.problem, --data.columns.answer)"
+        )
     unique = first_occurrences(rows)
     stats.duplicates = len(rows) - len(unique)
     if stats.duplicates:
@@ -146,7 +153,7 @@ def check_rows(label: str, table: Rows, columns: ColumnMap, on_bad_row: OnBadRow
         if table and column not in present:
             raise ValueError(
                 f"{label}: no column {column!r} for the {field_name} (columns: {', '.join(sorted(present))}); "
-                f"set the column map, e.g. columns.{field_name}=<name>"
+                f"name the column with --data.columns.{field_name} <name>"
             )
     good: Rows = []
     bad: list[str] = []
@@ -156,7 +163,9 @@ def check_rows(label: str, table: Rows, columns: ColumnMap, on_bad_row: OnBadRow
         if reason is None:
             good.append(canonical_row(row, columns))
         elif on_bad_row == "error":
-            raise ValueError(f"{label}: row {index}: {reason} (set on_bad_row='skip' to skip bad rows)")
+            raise ValueError(
+                f"{label}: row {index}: {reason}; fix the row, or skip bad rows with --data.on_bad_row skip"
+            )
         else:
             bad.append(f"row {index}: {reason}")
     return good, bad
@@ -202,17 +211,16 @@ def read_source(source: str, split: str) -> list[tuple[str, Rows]]:
     if source.startswith(BUNDLED_PREFIX):
         name = source.removeprefix(BUNDLED_PREFIX)
         return [(str(bundled_path(name)), list(read_bundled(name)))]
-    path = Path(source).expanduser()
+    resolved = resolve_dataset(source)  # local path or hub id, decided once (fails fast when offline)
+    if resolved.where != "local":  # the hub, or its cached snapshot folder when the hub is unreachable
+        return [(f"{resolved} [{split}]", read_hub(resolved.location, split))]
+    path = Path(resolved.location)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in LOCAL_SUFFIXES)
         if not files:
             raise ValueError(f"{path}: folder has no {'/'.join(LOCAL_SUFFIXES)} files")
         return [(str(p), read_local_file(p)) for p in files]
-    if path.exists():
-        return [(str(path), read_local_file(path))]
-    if path.suffix in LOCAL_SUFFIXES or source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"no such data file or folder: {path}")
-    return [(f"hub dataset {source} [{split}]", read_hub(source, split))]
+    return [(str(path), read_local_file(path))]
 
 
 def read_local_file(path: Path) -> Rows:
@@ -226,7 +234,12 @@ def read_local_file(path: Path) -> Rows:
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
         records = parse_json_records(text) if path.suffix == ".json" else parse_json_lines(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); re-save the file as UTF-8"
+        ) from None
+    except (OSError, ValueError) as exc:
         # pyarrow's ArrowInvalid and json's JSONDecodeError are ValueErrors.
         raise ValueError(f"cannot read {path}: {first_line(exc)}") from None
     for index, record in enumerate(records):
@@ -280,8 +293,8 @@ def read_hub(dataset_id: str, split: str) -> Rows:
         return datasets.load_dataset(dataset_id, split=split).to_list()
     except Exception as exc:  # datasets raises many unrelated types; all of them mean "cannot load it"
         raise ValueError(
-            f"cannot load {dataset_id!r} (split {split!r}): not a local file or folder, and the Hugging Face "
-            f"datasets loader failed: {type(exc).__name__}: {first_line(exc)}"
+            f"cannot load hub dataset {dataset_id!r} (split {split!r}) with the Hugging Face datasets loader: "
+            f"{type(exc).__name__}: {first_line(exc)}"
         ) from None
 
 

@@ -49,6 +49,7 @@ from openrs_pl.eval.records import (
     shard_path,
 )
 from openrs_pl.eval.report import render_markdown, summarize
+from openrs_pl.models.source import resolve_model
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.types import SamplingConfig
 
@@ -292,6 +293,8 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
     from transformers import AutoTokenizer
 
     start = time.perf_counter()
+    # Local folder or hub id, decided once (fails fast offline); the loaders read its location.
+    local_cfg = replace(cfg, model=resolve_model(cfg.model).location)
     out = Path(cfg.output_dir)
     if cfg.shard_index is None:
         if cfg.overwrite and out.is_dir():
@@ -306,9 +309,9 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
         run_shards(cfg, workers)
         engine_name: str = resolve_engine_name(cfg.engine)
     else:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(local_cfg.model)
         items = missing_work(cfg, problems, set(before))
-        engine_name = generate_missing(cfg, items, tokenizer, shard_path(out, cfg.shard_index), engine)  # type: ignore[assignment]
+        engine_name = generate_missing(local_cfg, items, tokenizer, shard_path(out, cfg.shard_index), engine)  # type: ignore[assignment]
         if cfg.shard_index is not None:
             return {}
     merge_shards(out)

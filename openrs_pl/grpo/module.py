@@ -36,11 +36,13 @@ from transformers import (
     get_cosine_with_min_lr_schedule_with_warmup,
 )
 
+from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import LossOutput, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
 from openrs_pl.health.monitor import step_allowed
+from openrs_pl.models.source import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
 
 log = logging.getLogger("openrs_pl.grpo")
@@ -80,14 +82,15 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
-        _check_model_source(name_or_path)
+        # Local folder or hub id, decided once (fails fast offline); loaders and the vLLM engine read the location.
+        location = resolve_model(name_or_path).location
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.grpo = grpo
         self.optim = optim
         self.temperature = temperature
         self.max_completion_length = max_completion_length
-        self._name_or_path = name_or_path
+        self._name_or_path = location
         self._load_kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "attn_implementation": attn_implementation}
         self._gradient_checkpointing = gradient_checkpointing
         # A plain list keeps the reference out of the module tree: it is never trained, never in state_dict()
@@ -305,17 +308,6 @@ class GRPOModule(L.LightningModule):
         return out
 
 
-def _check_model_source(model: str) -> None:
-    """Reject a local-looking path that does not exist before anything is downloaded or loaded."""
-    # A hub id is "name" or "org/name" and may contain dots ("Qwen-1.5B"); anything else is a local path.
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
-    path = Path(model).expanduser()
-    if looks_local and not path.is_dir():
-        raise ValueError(f"model path {model!r} does not exist (expected a folder written by save_pretrained)")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ValueError(f"model folder {model!r} has no config.json: not a save_pretrained checkpoint")
-
-
 def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> nn.Module:
     """``from_pretrained`` with one clear error when the path or hub id cannot be loaded."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
@@ -325,9 +317,8 @@ def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | N
         return AutoModelForCausalLM.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"cannot load model {model!r}: not a local HF folder and not reachable on the hub "
-            f"({err.__class__.__name__}). "
-            "Pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id."
+            f"cannot load model {model}: {err.__class__.__name__}: {first_line(err)}; "
+            "pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id"
         ) from None
 
 

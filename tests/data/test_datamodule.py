@@ -114,7 +114,7 @@ def test_overlong_prompts_are_dropped_or_left_truncated_and_counted(
 
 
 def test_every_prompt_overlong_is_an_error(data_file: Path, tiny_model_dir: Path) -> None:
-    with pytest.raises(ValueError, match="every prompt is longer than max_prompt_length=3"):
+    with pytest.raises(ValueError, match="prompts are longer than 3 tokens; raise --data.max_prompt_length"):
         ready(data_file, tiny_model_dir, max_prompt_length=3)
 
 

@@ -116,7 +116,7 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
         (lambda d: RolloutCallback(rewards=[RewardSpec("no_such_reward")]), "no_such_reward"),
         (lambda d: RolloutCallback(rewards=[]), "rewards is empty"),
         (lambda d: RolloutCallback(rewards=[RewardSpec("format")], num_generations=1), "num_generations must be >= 2"),
-        (lambda d: GRPOModule(name_or_path="./does/not/exist"), "does not exist"),
+        (lambda d: GRPOModule(name_or_path="./does/not/exist"), "no such local model folder"),
         (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in setup
     ],
 )
@@ -126,7 +126,7 @@ def test_bad_config_fails_before_loading(tiny_model_dir: Path, build, message: s
 
     monkeypatch.setattr("openrs_pl.grpo.module.AutoModelForCausalLM.from_pretrained", no_loading)
     monkeypatch.setattr("openrs_pl.grpo.module.AutoTokenizer.from_pretrained", no_loading)
-    with pytest.raises((ValueError, AttributeError), match=message):
+    with pytest.raises((ValueError, AttributeError, FileNotFoundError), match=message):
         build(tiny_model_dir)
 
 
