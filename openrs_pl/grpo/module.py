@@ -28,7 +28,8 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
-from openrs_pl.grpo.loss import completion_logprobs, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, completion_logprobs, grpo_loss, logprob_gap, loss_mask
+from openrs_pl.grpo.objectives import sampler_is_weights
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -86,6 +87,7 @@ class GRPOModule(L.LightningModule):
         if self.grpo.beta > 0:
             ref = _load_causal_lm(model, torch_dtype, attn_implementation).eval().requires_grad_(False)
             self._reference.append(ref)
+        self.entropy_control = self.grpo.adaptive_entropy()
 
     @property
     def reference(self) -> nn.Module | None:
@@ -135,7 +137,7 @@ class GRPOModule(L.LightningModule):
         old = self._logprobs(self.policy, rollout) if needs_old else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
-    def _logprobs(self, model: nn.Module, rollout: RolloutBatch) -> Tensor:
+    def _logprobs(self, model: nn.Module, rollout: RolloutBatch, return_entropy: bool = False) -> Any:
         input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
         attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
         return completion_logprobs(
@@ -145,11 +147,12 @@ class GRPOModule(L.LightningModule):
             completion_len=rollout.completion_ids.shape[1],
             temperature=self.generation.temperature,
             chunk_size=self.grpo.logprob_chunk_size,
-        )  # [N, L]
+            return_entropy=return_entropy,
+        )  # [N, L], or ([N, L], [N, L]) with the entropies
 
     def _global_active_tokens(self, rollout: RolloutBatch) -> float | None:
         """Loss tokens of the whole optimizer step across ranks, divided by world size; only dapo needs them."""
-        if self.grpo.loss_type != "dapo":
+        if self.grpo.loss_type not in GLOBAL_TOKEN_LOSSES:
             return None  # no cross-rank collective for the other normalisations
         mask = loss_mask(rollout.completion_mask, rollout.truncated, self.grpo.mask_truncated_completions)  # [N, L]
         tokens = mask.sum().float()
@@ -161,14 +164,16 @@ class GRPOModule(L.LightningModule):
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
         # bnpo/grpo/dr_grpo normalise per micro-batch, so accumulation averages them; dapo's constant
         # denominator already spans the whole step.
-        scale = 1.0 if self.grpo.loss_type == "dapo" else 1.0 / len(micro_batches)
+        scale = 1.0 if self.grpo.loss_type in GLOBAL_TOKEN_LOSSES else 1.0 / len(micro_batches)
         totals: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             with nullcontext() if last else _no_backward_sync(self):
-                out = self._micro_batch_loss(mb, num_active_tokens)
+                out = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
                 self.manual_backward(out.loss * scale)
             for name, value in out._asdict().items():
+                if value is None:
+                    continue
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
         grad_norm = self._clip_gradients(opt)
         opt.step()
@@ -176,6 +181,8 @@ class GRPOModule(L.LightningModule):
             grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
+        if self.entropy_control is not None:
+            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(totals["entropy"])))
         metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
         metrics |= {
             "train/clip_ratio/low": totals["clip_ratio_low"],
@@ -190,26 +197,36 @@ class GRPOModule(L.LightningModule):
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
-    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> Any:
-        logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
+    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None, num_micro_batches: int) -> Any:
+        g = self.grpo
+        if g.needs_entropies:
+            logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
+        else:
+            logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
         is_weights = None
-        if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None:
-            is_weights = truncated_is_weights(mb.old_logprobs, mb.sampler_logprobs, cap=self.grpo.tis_cap)
+        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None:
+            is_weights = sampler_is_weights(
+                mb.old_logprobs, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
+                g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
+                g.vllm_importance_sampling_clip_max,
+            )  # fmt: skip
+        entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
+        if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
+            entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
         return grpo_loss(
             logprobs,
             mb.old_logprobs,
             mb.ref_logprobs,
             mb.advantages,
             mb.completion_mask,
-            loss_type=self.grpo.loss_type,
-            beta=self.grpo.beta,
-            epsilon=self.grpo.epsilon,
-            epsilon_high=self.grpo.epsilon_high,
+            **g.loss_options(),
             max_completion_length=self.generation.max_completion_length,
             num_active_tokens=num_active_tokens,
             truncated=mb.truncated,
-            mask_truncated_completions=self.grpo.mask_truncated_completions,
             is_weights=is_weights,
+            sampler_logprobs=mb.sampler_logprobs,
+            entropies=entropies,
+            entropy_coef=entropy_coef,
         )
 
     def _clip_gradients(self, opt: Any) -> Tensor | None:

@@ -11,13 +11,17 @@ in the dedicated vLLM mode rank 0 generates for everyone and sends each rank bac
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
 from openrs_pl.grpo.loss import group_advantages
+from openrs_pl.grpo.objectives import gdpo_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
+from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import GenerationOutput, RolloutBatch, SamplingConfig
@@ -49,6 +53,7 @@ class RolloutCallback(L.Callback):
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
+        self._extra_prompts: Iterator[dict[str, list[Any]]] | None = None  # dynamic sampling's own prompt stream
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -99,7 +104,7 @@ class RolloutCallback(L.Callback):
         if sleep is not None:
             sleep()
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
-        batch["rollout"] = self._score(trainer, pl_module, batch, generation)
+        batch["rollout"] = self._score(trainer, pl_module, batch, generation, sampling)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -118,35 +123,90 @@ class RolloutCallback(L.Callback):
         return self.engine.generate(prompt_ids, sampling)
 
     def _score(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: dict[str, Any],
+        generation: GenerationOutput,
+        sampling: SamplingConfig,
     ) -> RolloutBatch:
+        g = pl_module.grpo.num_generations
+        scored, stats = self._rewards(pl_module, batch, generation)
+        if pl_module.grpo.dynamic_sampling:
+            scored = self._refill(trainer, pl_module, scored, sampling)
+        rewards = scored.rewards  # [N]
+        if pl_module.grpo.multi_objective_aggregation == "normalize_then_sum":
+            per_func = self._gathered(trainer, pl_module, scored.per_func)  # GDPO: batch-level renormalisation
+            advantages = gdpo_advantages(per_func, pl_module.reward_set.weights, g)
+        else:
+            advantages = group_advantages(
+                self._gathered(trainer, pl_module, rewards, pl_module.grpo.scale_rewards == "batch"),
+                g,
+                pl_module.grpo.scale_rewards,
+            )
+        if advantages.numel() > rewards.numel():  # computed on the all-gathered batch: keep this rank's slice
+            advantages = advantages.view(trainer.world_size, rewards.numel())[trainer.global_rank]
+        group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
+        stats["train/frac_reward_zero_std"] = float((group_std < 1e-8).float().mean())
+        pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
+        pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return assemble_rollout(
+            scored.batch["prompt_ids"], scored.generation, rewards, scored.per_func, advantages, g,
+            pl_module.pad_token_id,
+        )  # fmt: skip
+
+    @staticmethod
+    def _rewards(
+        pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
+    ) -> tuple[ScoredGroups, dict[str, float]]:
+        """Score one prompt batch's completions; the stats describe the sampled (unfiltered) batch."""
         g = pl_module.grpo.num_generations
         texts = pl_module.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
         columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
         prompts = columns.pop("prompt", [""] * len(texts))
         result = pl_module.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
-        rewards = result.total  # [N]
-        advantages = group_advantages(
-            self._rewards_for_scale(trainer, pl_module, rewards), g, pl_module.grpo.scale_rewards
+        prompt_columns = {k: v for k, v in batch.items() if k != "rollout"}
+        scored = ScoredGroups(prompt_columns, generation, result.total, result.per_func)
+        return scored, {f"train/{k}": v for k, v in result.stats.items()}
+
+    def _refill(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, scored: ScoredGroups, sampling: SamplingConfig
+    ) -> ScoredGroups:
+        """DAPO dynamic sampling: swap zero-signal groups for informative ones from extra prompt batches."""
+        if self._extra_prompts is None:
+            dm = trainer.datamodule
+            self._extra_prompts = prompt_batches(
+                dm.rows, scored.num_groups, trainer.global_rank, max(trainer.world_size, 1), self.seed + 1
+            )
+        draws = iter(range(1, pl_module.grpo.dynamic_sampling_max_draws + 1))
+
+        def draw() -> ScoredGroups:
+            prompts = next(self._extra_prompts)
+            seed = None if sampling.seed is None else sampling.seed + 7919 * next(draws)
+            extra_sampling = replace(sampling, seed=seed)
+            return self._rewards(pl_module, prompts, self.generate(trainer, prompts["prompt_ids"], extra_sampling))[0]
+
+        def any_rank_missing(missing: int) -> bool:  # every rank must take part in the same generate() calls
+            if trainer.world_size <= 1:
+                return missing > 0
+            return bool(trainer.strategy.reduce(torch.tensor(float(missing), device=pl_module.device), "sum") > 0)
+
+        g = pl_module.grpo.num_generations
+        filled, stats = fill_informative(scored, draw, g, pl_module.grpo.dynamic_sampling_max_draws, any_rank_missing)
+        pl_module.log_dict(
+            {f"train/dynamic_sampling/{k}": float(v) for k, v in asdict(stats).items()}, on_step=True, on_epoch=False
         )
-        if pl_module.grpo.scale_rewards == "batch" and trainer.world_size > 1:
-            n = rewards.numel()  # advantages were computed on the all-gathered batch: keep this rank's slice
-            advantages = advantages.view(trainer.world_size, n)[trainer.global_rank]
-        group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
-        stats = {f"train/{k}": v for k, v in result.stats.items()}
-        stats["train/frac_reward_zero_std"] = float((group_std < 1e-8).float().mean())
-        pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
-        pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return assemble_rollout(
-            batch["prompt_ids"], generation, rewards, result.per_func, advantages, g, pl_module.pad_token_id
-        )
+        return filled
 
     @staticmethod
-    def _rewards_for_scale(trainer: L.Trainer, pl_module: L.LightningModule, rewards: torch.Tensor) -> torch.Tensor:
-        """The batch-std variant needs every rank's rewards; the group variants only the local groups."""
-        if pl_module.grpo.scale_rewards != "batch" or trainer.world_size <= 1:
-            return rewards
-        return pl_module.all_gather(rewards.to(pl_module.device)).reshape(-1).cpu()
+    def _gathered(
+        trainer: L.Trainer, pl_module: L.LightningModule, values: torch.Tensor, needed: bool = True
+    ) -> torch.Tensor:
+        """Every rank's ``values`` concatenated (batch-level statistics need the global batch), when needed."""
+        if not needed or trainer.world_size <= 1:
+            return values
+        gathered = pl_module.all_gather(values.to(pl_module.device))  # [world, N, ...]
+        return gathered.reshape(-1, *values.shape[1:]).cpu()
 
     def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
         if self.engine is None:
