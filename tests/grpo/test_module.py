@@ -197,7 +197,13 @@ def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path,
     torch.testing.assert_close(kwargs["entropies"][mask], expected_entropy[mask], atol=1e-5, rtol=1e-5)
 
 
-def test_adaptive_entropy_controller_steps_with_the_measured_entropy(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_adaptive_entropy_controller_steps_with_the_measured_entropy(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import openrs_pl.grpo.module as module_mod
+
+    calls: list[dict] = []
+    monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
     module = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=100.0,
                          entropy_coef_delta=0.05)  # fmt: skip
     assert module.grpo.needs_entropies
@@ -205,6 +211,7 @@ def test_adaptive_entropy_controller_steps_with_the_measured_entropy(tiny_model_
     ctl = module.entropy_control
     # Token entropies of a 0.57M-parameter model over its vocabulary are ~log(V) < 100 = target: coef goes up.
     assert 0 < ctl.last_entropy < 100 and ctl.coef == pytest.approx(0.15)
+    assert calls[0]["entropy_coef"] == 0.0  # no entropy measured before the first step: no bonus yet (as TRL)
 
 
 def test_sampler_is_correction_weights_the_loss(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -229,3 +236,19 @@ def test_sampler_is_correction_weights_the_loss(tiny_model_dir: Path, tmp_path: 
     mask = rollout.completion_mask.bool()
     torch.testing.assert_close(calls[0]["is_weights"][mask], expected[mask], atol=1e-5, rtol=1e-5)
     assert (expected[mask] == 0).any() and (expected[mask] == 1).any()
+
+
+@pytest.mark.parametrize(("loss_type", "expected"), [("bnpo", 0.2), ("dapo", 0.1), ("cispo", 0.1)])
+def test_entropy_bonus_is_averaged_over_micro_batches(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, loss_type: str, expected: float
+) -> None:
+    """Two micro-batches: the step divides bnpo's loss by 2; dapo-style losses are not divided, so their bonus
+    coefficient is (0.2 / 2), making the bonus the step's mean entropy for every loss type (TRL 1.16)."""
+    import openrs_pl.grpo.module as module_mod
+
+    calls: list[dict] = []
+    monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
+    module = make_module(tiny_model_dir, loss_type=loss_type, entropy_coef=0.2)
+    module.grpo.micro_batch_size = 1
+    fit_one_step(module, fixed_rollout(module, [1.0, -1.0]), tmp_path)
+    assert [k["entropy_coef"] for k in calls] == [pytest.approx(expected)] * 2
