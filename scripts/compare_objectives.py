@@ -52,6 +52,8 @@ def run_grpo(sft: Path, data: Path, out: Path, loss_type: str, seed: int, args: 
             *OBJECTIVE_ARGS.get(loss_type, []),
             "--data.source", str(data),
             "--rollout.seed", str(seed),
+            "--data.prompts_per_step", str(args.prompts_per_step),
+            "--model.grpo.micro_batch_size", str(args.prompts_per_step * 6),
             "--trainer.max_steps", str(args.steps),
             "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(out),
@@ -152,6 +154,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/objectives"))
     p.add_argument("--doc", type=Path, default=None, help="Markdown page to write the table and plot into")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=42)
+    p.add_argument("--prompts-per-step", type=int, default=16, help="prompts per generation batch (x G=6)")
+    p.add_argument(
+        "--from-results",
+        type=Path,
+        nargs="*",
+        default=None,
+        help="skip training: summarise these results.json files (e.g. seeds run as separate processes)",
+    )
     p.add_argument("--steps", type=int, default=40, help="GRPO optimizer steps per run")
     p.add_argument("--num-iterations", type=int, default=2)
     p.add_argument("--sft-steps", type=int, default=120)
@@ -162,9 +173,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.from_results:
+        runs = [run for f in args.from_results for run in json.loads(f.read_text())["runs"]]
+        return report(runs, args)
     runs: list[dict[str, Any]] = []
-    befores = []
-    for seed in range(42, 42 + args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         root = args.out / f"seed{seed}"
         (root / "data").mkdir(parents=True, exist_ok=True)
         train, heldout = make_problems(seed, n_heldout=100)
@@ -173,25 +186,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.heldout_rows = heldout
         sft = warm_start(save_tiny_checkpoint(root / "base"), root / "sft", train, steps=args.sft_steps, seed=seed)
         before = evaluate(sft, heldout)
-        befores.append(before["accuracy"])
         print(f"[objectives] seed {seed}: warm start {before}", flush=True)
         for loss_type in args.loss_types.split(","):
             result = run_grpo(sft, data, root / loss_type, loss_type, seed, args)
             runs.append({"loss_type": loss_type, "seed": seed, "before_accuracy": before["accuracy"], **result})
             print(f"[objectives] seed {seed} {loss_type}: {result}", flush=True)
-            (args.out / "results.json").write_text(json.dumps(runs, indent=1))
+            (args.out / "results.json").write_text(json.dumps({"runs": runs}, indent=1))
     del args.heldout_rows
+    return report(runs, args)
+
+
+def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """Summary table, plot and ``results.json`` (and the doc page with ``--doc``) from the runs."""
     table = summarise(runs)
-    plot(table, statistics.mean(befores), args.out / "objectives.png")
+    before = statistics.mean(r["before_accuracy"] for r in runs)
+    plot(table, before, args.out / "objectives.png")
     result = {"settings": {k: str(v) for k, v in vars(args).items()}, "runs": runs, "summary": table}
     (args.out / "results.json").write_text(json.dumps(result, indent=1))
     print(markdown_table(table))
     if args.doc is not None:
+        seeds = sorted({r["seed"] for r in runs})
         settings = (
-            f"Measured by `scripts/compare_objectives.py --seeds {args.seeds} --steps {args.steps} "
-            f"--num-iterations {args.num_iterations} --sft-steps {args.sft_steps}` (seeds 42..{41 + args.seeds})."
+            f"Measured by `scripts/compare_objectives.py --steps {args.steps} --num-iterations {args.num_iterations} "
+            f"--prompts-per-step {args.prompts_per_step} --sft-steps {args.sft_steps}`, seeds {seeds}."
         )
-        write_doc(args.doc, table, statistics.mean(befores), settings, args.out / "objectives.png")
+        write_doc(args.doc, table, before, settings, args.out / "objectives.png")
     return result
 
 
