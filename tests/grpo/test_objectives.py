@@ -193,3 +193,20 @@ def test_config_validates_objective_options_and_builds_controller() -> None:
     ctl = GRPOConfig(use_adaptive_entropy=True, entropy_coef=0.3, entropy_target=1.5).adaptive_entropy()
     assert ctl is not None and (ctl.coef, ctl.target) == (0.3, 1.5)
     assert GRPOConfig(top_entropy_quantile=0.2).needs_entropies
+
+
+@pytest.mark.parametrize("name", ["openrs_exp1.yaml", "openrs_exp2.yaml", "openrs_exp3.yaml"])
+def test_recipe_configs_keep_every_newer_option_off(name: str) -> None:
+    """The Open-RS configs stay exact: bnpo, no bias-corrected KL, no IS correction, no dynamic sampling, no
+    entropy terms, no overlong reward (TRL 1.16's own defaults differ for two of these)."""
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs" / name).read_text())
+    grpo = GRPOConfig(**config["model"].get("grpo", {}))
+    assert grpo.loss_type == "bnpo" and grpo.importance_sampling_level == "token" and grpo.delta is None
+    assert not grpo.use_bias_correction_kl and not grpo.vllm_importance_sampling_correction
+    assert not grpo.dynamic_sampling and grpo.off_policy_mask_threshold is None and not grpo.needs_entropies
+    assert grpo.multi_objective_aggregation == "sum_then_normalize"
+    assert "overlong" not in {r["name"] for r in config["model"]["rewards"]}
