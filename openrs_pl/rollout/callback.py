@@ -189,7 +189,8 @@ class RolloutCallback(L.Callback):
         def any_rank_missing(missing: int) -> bool:  # every rank must take part in the same generate() calls
             if trainer.world_size <= 1:
                 return missing > 0
-            return bool(trainer.strategy.reduce(torch.tensor(float(missing), device=pl_module.device), "sum") > 0)
+            missing_here = torch.tensor(float(missing), device=pl_module.device)
+            return bool(trainer.strategy.reduce(missing_here, reduce_op="sum") > 0)
 
         g = pl_module.grpo.num_generations
         filled, stats = fill_informative(scored, draw, g, pl_module.grpo.dynamic_sampling_max_draws, any_rank_missing)

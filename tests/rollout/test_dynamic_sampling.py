@@ -154,3 +154,35 @@ def test_rollout_callback_gdpo_advantages() -> None:
     rollout = RolloutCallback()._score(trainer, module, {"prompt_ids": [[5], [6]]}, generation, sampling)
     torch.testing.assert_close(rollout.advantages, group_advantages((per_func * weights).sum(1), G))
     assert not torch.allclose(rollout.advantages, gdpo_advantages(per_func, weights, G))
+
+
+def test_full_rank_keeps_drawing_while_another_rank_misses_groups() -> None:
+    """Two ranks: this one is already full, the other (simulated by the reduce) misses one group in every round, so
+    this rank joins every draw up to the bound (in the dedicated vLLM mode generation is a collective)."""
+    logged: dict[str, float] = {}
+    reduce_ops: list[str] = []
+
+    def reduce(tensor: torch.Tensor, reduce_op: str) -> torch.Tensor:
+        reduce_ops.append(reduce_op)
+        return tensor + 1  # the other rank's missing count
+
+    module = SimpleNamespace(
+        grpo=GRPOConfig(num_generations=G, dynamic_sampling=True, dynamic_sampling_max_draws=3),
+        tokenizer=SimpleNamespace(batch_decode=lambda ids, **kw: ["" for _ in ids]),
+        reward_set=parity_rewards,
+        pad_token_id=0,
+        device=torch.device("cpu"),
+        log_dict=lambda d, **kw: logged.update(d),
+        log=lambda *a, **kw: None,
+    )
+    rows = [{"prompt_ids": [k], "answer": str(k)} for k in range(40)]
+    trainer = SimpleNamespace(
+        world_size=2, global_rank=0, datamodule=SimpleNamespace(rows=rows), strategy=SimpleNamespace(reduce=reduce)
+    )
+    callback = RolloutCallback(seed=0)
+    callback.engine = engine = ParityEngine()
+    batch = {"prompt_ids": [[1], [3]], "answer": ["1", "3"]}
+    sampling = SamplingConfig(n=G, seed=0)
+    rollout = callback._score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    assert logged["train/dynamic_sampling/draws"] == 3 and engine.calls == 4 and reduce_ops == ["sum"] * 3
+    assert rollout.prompt_ids[::G, -1].tolist() == [1, 3]
