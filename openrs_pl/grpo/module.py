@@ -11,7 +11,9 @@ Logged metrics (``train/`` prefix; names are stable):
 ``reward``, ``reward_std``, ``rewards/<name>/mean``, ``rewards/<name>/std``, ``frac_reward_zero_std``,
 ``completions/mean_length``, ``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio``
 (fraction truncated at the length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine
-reports log-probs), ``time/generation``, ``time/sync``.
+reports log-probs), ``time/generation``, ``time/sync``; ``entropy`` (when entropies are computed),
+``entropy_coef`` (adaptive entropy control) and ``dynamic_sampling/{draws,prompts_drawn,informative,
+filled_with_zero_signal}`` when those options are on.
 """
 
 from __future__ import annotations
