@@ -164,8 +164,8 @@ class GRPOModule(L.LightningModule):
     def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> Tensor:
         opt = self.optimizers()
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
-        # bnpo/grpo/dr_grpo normalise per micro-batch, so accumulation averages them; dapo's constant
-        # denominator already spans the whole step.
+        # grpo/bnpo/dr_grpo/sapo/luspo normalise per micro-batch, so accumulation averages them; the denominator
+        # of dapo/cispo/vespo already spans the whole step.
         scale = 1.0 if self.grpo.loss_type in GLOBAL_TOKEN_LOSSES else 1.0 / len(micro_batches)
         totals: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
@@ -183,8 +183,9 @@ class GRPOModule(L.LightningModule):
             grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
-        if self.entropy_control is not None:
-            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(totals["entropy"])))
+        if self.entropy_control is not None:  # one coefficient on every rank: update it from the mean over ranks
+            entropy = self.trainer.strategy.reduce(totals["entropy"], reduce_op="mean")
+            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))
         metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
         metrics |= {
             "train/clip_ratio/low": totals["clip_ratio_low"],
