@@ -484,7 +484,7 @@ def grpo_loss(
     if off_policy_mask_threshold is not None:
         reference = old_logprobs if sampler_logprobs is None else sampler_logprobs
         surrogate = surrogate * off_policy_mask(adv, logprobs, reference, mask.float(), off_policy_mask_threshold)
-    if top_entropy_quantile < 1.0:
+    if top_entropy_quantile < 1.0 and entropies is not None:  # (checked above: given whenever needed)
         keep = high_entropy_mask(entropies, mask, top_entropy_quantile)  # [N, L]
         surrogate = surrogate * keep
         mask_for_entropy = keep

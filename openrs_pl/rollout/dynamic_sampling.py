@@ -145,8 +145,14 @@ def prompt_batches(
 
     Its own seed keeps the extra prompts from repeating the ones the main loader is about to hand out.
     """
-    sampler = DistributedSampler(rows, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)  # type: ignore[arg-type]
-    loader = DataLoader(rows, batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_rows)  # type: ignore[arg-type]
+    sampler: DistributedSampler = DistributedSampler(
+        rows,  # type: ignore[arg-type]  # a list is a map-style dataset
+        num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True,
+    )  # fmt: skip
+    loader: DataLoader = DataLoader(
+        rows,  # type: ignore[arg-type]
+        batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_rows,
+    )  # fmt: skip
     epoch = 0
     while True:
         sampler.set_epoch(epoch)
