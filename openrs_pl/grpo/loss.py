@@ -353,7 +353,8 @@ class LossOutput(NamedTuple):
     clip_ratio: Tensor
     """Fraction of valid tokens clipped at either side."""
     entropy: Tensor | None = None
-    """Mean per-token entropy over the loss tokens, detached; None when no entropies were given."""
+    """Mean per-token entropy over the tokens the entropy bonus acts on (the top-quantile tokens when
+    ``top_entropy_quantile < 1``), detached; None when no entropies were given."""
 
 
 GLOBAL_TOKEN_LOSSES = frozenset(name for name, (_, needed) in _NORMALIZERS.items() if needed == "num_active_tokens")
