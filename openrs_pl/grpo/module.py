@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_mi
 
 from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, completion_logprobs, grpo_loss, logprob_gap, loss_mask
-from openrs_pl.grpo.objectives import sampler_is_weights
+from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.types import RolloutBatch
 
@@ -252,6 +252,14 @@ class GRPOModule(L.LightningModule):
             gap = logprob_gap(rollout.sampler_logprobs, rollout.old_logprobs, rollout.completion_mask)
             metrics["train/sampler_logprob_diff"] = gap
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
+            checkpoint["entropy_control"] = asdict(self.entropy_control)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.entropy_control is not None and "entropy_control" in checkpoint:
+            self.entropy_control = AdaptiveEntropy(**checkpoint["entropy_control"])
 
     # ------------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> dict[str, Any]:

@@ -252,3 +252,14 @@ def test_entropy_bonus_is_averaged_over_micro_batches(
     module.grpo.micro_batch_size = 1
     fit_one_step(module, fixed_rollout(module, [1.0, -1.0]), tmp_path)
     assert [k["entropy_coef"] for k in calls] == [pytest.approx(expected)] * 2
+
+
+def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir: Path) -> None:
+    module = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=2.0)
+    module.entropy_control.update(1.5)  # below target: 0.1 + 0.005, and the bonus is on
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=2.0)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.entropy_control.coef == pytest.approx(0.105) and resumed.entropy_control.last_entropy == 1.5
+    assert resumed.entropy_control.applied_coef() == pytest.approx(0.105)
