@@ -253,3 +253,27 @@ def test_config_loss_options_are_grpo_loss_keywords_with_trl_defaults() -> None:
         x["logprobs"], x["old"], x["ref"], x["adv"], x["mask"], **GRPOConfig(loss_type="sapo").loss_options()
     )
     assert out.loss.isfinite()
+
+
+def test_advantages_equal_trl_formulas() -> None:
+    """Both multi_objective_aggregation modes against TRL 1.16's expressions (written out from
+    ``_generate_and_score_completions``, with TRL's own ``nanstd``), including a None (NaN) reward."""
+    from trl.trainer.utils import nanstd
+
+    from openrs_pl.grpo.loss import group_advantages
+    from openrs_pl.grpo.objectives import gdpo_advantages
+
+    g, weights = 3, torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    per_func = torch.rand(12, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 4
+    per_func[5, 1] = float("nan")
+    # normalize_then_sum (GDPO)
+    grouped = per_func.view(-1, g, 3)
+    reward_k = (grouped - torch.nanmean(grouped, dim=1, keepdim=True)) / (nanstd(grouped, dim=1, keepdim=True) + 1e-4)
+    rewards = (reward_k.view(-1, 3) * weights.unsqueeze(0)).nansum(dim=1)
+    trl_gdpo = (rewards - torch.nanmean(rewards)) / (nanstd(rewards).expand_as(rewards) + 1e-4)
+    assert (gdpo_advantages(per_func, weights, g) - trl_gdpo).abs().max() <= TOL
+    # sum_then_normalize with scale_rewards="group" (the recipe)
+    total = (per_func * weights).nansum(dim=1)
+    mean = torch.nanmean(total.view(-1, g), dim=1).repeat_interleave(g)
+    std = nanstd(total.view(-1, g), dim=1).repeat_interleave(g)
+    assert (group_advantages(total, g, "group") - (total - mean) / (std + 1e-4)).abs().max() <= TOL
