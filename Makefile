@@ -27,6 +27,8 @@ demo: setup
 
 lint: setup
 	$(VENV)/bin/ruff check openrs_pl tests scripts
+	$(VENV)/bin/ruff format --check openrs_pl tests scripts
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) runs

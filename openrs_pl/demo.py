@@ -87,7 +87,8 @@ def warm_start(model_dir: Path, out_dir: Path, rows: list[dict], steps: int, see
 def evaluate(model_dir: Path, rows: list[dict]) -> dict[str, float]:
     """Greedy completions on held-out rows: mean accuracy and format reward, mean length in tokens."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    engine = HFEngine(str(model_dir), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine = HFEngine(model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     prompts = [build_chat_prompt(tokenizer, r["problem"], None) for r in rows]
     prompt_ids = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
     out = engine.generate(prompt_ids, SamplingConfig(n=1, temperature=0.0, max_tokens=40))
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         [
             "fit",
             "--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"),
-            "--model.model", str(sft),
+            "--model.name_or_path", str(sft),
             "--data.source", str(data_dir / "train.jsonl"),
             "--trainer.max_steps", str(args.grpo_steps),
             "--trainer.default_root_dir", str(out),
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     final = cli.model.export_hf(out / "grpo_final")
     after = evaluate(final, heldout)
-    metrics_csv = Path(cli.trainer.logger.log_dir) / "metrics.csv"
+    metrics_csv = Path(str(cli.trainer.logger.log_dir)) / "metrics.csv"
     plot_rewards(metrics_csv, out / "reward_curve.png")
     print(f"\nHeld-out problems: {len(heldout)} (greedy decoding)")
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")

@@ -39,7 +39,7 @@ from typing import Any
 
 SIDES = ("ours", "trl")
 
-# The two shapes of /work/shared/research/trl-cpu-profile.md (the TRL anchor measurement).
+# The two model shapes of the TRL-only CPU profile that docs/benchmarks.md compares against.
 MODEL_SHAPES: dict[str, dict[str, int]] = {
     "A": dict(hidden_size=128, num_layers=2, num_heads=2, num_kv_heads=1, intermediate_size=256),
     "B": dict(hidden_size=512, num_layers=6, num_heads=8, num_kv_heads=2, intermediate_size=2048),
@@ -209,18 +209,12 @@ def run_ours(settings: Settings, model_dir: Path, data_file: Path, work_dir: Pat
             },
         },
         "model": {
-            "model": str(model_dir),
+            "name_or_path": str(model_dir),
             "torch_dtype": "float32",
-            "rewards": settings.rewards,
             "grpo": {
-                "num_generations": settings.num_generations,
                 "micro_batch_size": settings.completions_per_step,
                 "loss_type": settings.loss_type,
                 "beta": settings.beta,
-            },
-            "generation": {
-                "temperature": settings.temperature,
-                "max_completion_length": settings.max_completion_length,
             },
             "optim": {"lr": settings.lr},
         },
@@ -230,7 +224,14 @@ def run_ours(settings: Settings, model_dir: Path, data_file: Path, work_dir: Pat
             "prompts_per_step": settings.prompts_per_step,
             "seed": settings.seed,
         },
-        "rollout": {"engine": "hf", "seed": settings.seed},
+        "rollout": {
+            "engine": "hf",
+            "seed": settings.seed,
+            "rewards": settings.rewards,
+            "num_generations": settings.num_generations,
+            "temperature": settings.temperature,
+            "max_completion_length": settings.max_completion_length,
+        },
     }
     config_file = work_dir / "ours.json"
     config_file.write_text(json.dumps(config))
@@ -246,6 +247,7 @@ def run_ours(settings: Settings, model_dir: Path, data_file: Path, work_dir: Pat
 
     # First in the list, so the step starts before the RolloutCallback generates.
     cli.trainer.callbacks.insert(0, ClockCallback())
+    cli.model.configure_model()  # load the policy now (fit would, after the data) to wrap its generate
     meter = GenerationMeter(cli.model.tokenizer.eos_token_id)
     meter.install(cli.model.policy)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)

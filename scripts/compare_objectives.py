@@ -46,7 +46,7 @@ def run_grpo(sft: Path, data: Path, out: Path, loss_type: str, seed: int, args: 
         [
             "fit", "--config", str(CONFIG),
             "--seed_everything", str(seed),
-            "--model.model", str(sft),
+            "--model.name_or_path", str(sft),
             "--model.grpo.loss_type", loss_type,
             "--model.grpo.num_iterations", str(args.num_iterations),
             *OBJECTIVE_ARGS.get(loss_type, []),

@@ -1,6 +1,6 @@
-"""Agreement of our grader with the source evaluator on the real completions in ``shared/data/completions``.
+"""Agreement of our grader with the source evaluator on a folder of real completions (JSONL, one per benchmark).
 
-Usage: ``python scripts/grader_agreement.py [--data-dir DIR] [--out grader_agreement.json] [--every N]``.
+Usage: ``python scripts/grader_agreement.py --data-dir DIR [--out grader_agreement.json] [--every N]``.
 Prints a per-benchmark table and writes the figures plus every disagreement (with the completion's tail) as
 JSON; ``docs/grading.md`` discusses the results.
 """
@@ -13,12 +13,10 @@ from pathlib import Path
 
 from openrs_pl.eval.agreement import agreement_report, read_rows, render_table
 
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "completions"
-
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="folder of completion JSONL files")
+    parser.add_argument("--data-dir", type=Path, required=True, help="folder of completion JSONL files")
     parser.add_argument("--out", type=Path, default=Path("grader_agreement.json"), help="JSON report path")
     parser.add_argument("--every", type=int, default=1, help="grade only every N-th row (quick look)")
     parser.add_argument("--timeout-s", type=float, default=5.0, help="grading time limit per completion")

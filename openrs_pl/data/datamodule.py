@@ -175,7 +175,7 @@ class ProblemDataModule(LightningDataModule):
         if self.trainer is None:
             return {}
         # `processed` counts the batch whose optimizer step just ran (checkpoints are written at batch end).
-        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+        return {"batches_done": self.trainer.fit_loop.epoch_loop.batch_progress.current.processed}  # type: ignore[attr-defined]
 
     def load_state_dict(self, state_dict: dict[str, int]) -> None:
         """On resume, the next ``train_dataloader`` continues after the batches already trained on."""
@@ -197,7 +197,12 @@ class ProblemDataModule(LightningDataModule):
         if not self.rows:
             raise RuntimeError("call setup() before asking for a dataloader")
         sampler = ResumableSampler(
-            self.rows, num_replicas=world_size, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            self.rows,  # type: ignore[arg-type]  # a list is a map-style dataset
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=True,
+            seed=self.seed,
+            drop_last=True,
         )
         batches_done, self._resume = self._resume.get("batches_done", 0), {}
         if batches_done < len(sampler) // self.prompts_per_step:  # a checkpoint from an epoch's end starts afresh

@@ -1,9 +1,9 @@
 """Agreement of our grader with another evaluator's verdicts on real model completions.
 
-The rows (``shared/data/completions/*.jsonl``) carry a completion, its gold answer and the verdict of the harness
-that produced it (Qwen2.5-Math's ``math_equal``). We grade each row as ``openrs-pl eval`` does (lighteval's parse,
-the benchmark's gold mode) and count where the two verdicts agree; the disagreements are what ``docs/grading.md``
-classifies.
+The rows (JSONL files of model completions, one per benchmark) carry a completion, its gold answer and the
+verdict of the harness that produced it (Qwen2.5-Math's ``math_equal``). We grade each row as ``openrs-pl eval``
+does (lighteval's parse, the benchmark's gold mode) and count where the two verdicts agree; the disagreements are
+what ``docs/grading.md`` classifies.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from openrs_pl.rewards.grading import Verdict, grade_batch
+from openrs_pl.rewards.grading import GoldMode, Verdict, grade_batch
 
-# Benchmark names in the completion files -> the gold mode our evaluation uses for them (research note §4).
-GOLD_MODES: dict[str, str] = {
+# Benchmark names in the completion files -> the gold mode our evaluation uses for them (as lighteval).
+GOLD_MODES: dict[str, GoldMode] = {
     "aime24": "expr",
     "amc23": "expr",
     "math500": "latex",
@@ -49,7 +49,7 @@ def grade_rows(rows: Sequence[dict[str, Any]], timeout_s: float = 5.0, batch: in
     out: list[Verdict] = []
     for start in range(0, len(rows), batch):
         part = rows[start : start + batch]
-        by_mode: dict[str, list[int]] = {}
+        by_mode: dict[GoldMode, list[int]] = {}
         for i, row in enumerate(part):
             by_mode.setdefault(GOLD_MODES[row["benchmark"]], []).append(i)
         graded: dict[int, Verdict] = {}

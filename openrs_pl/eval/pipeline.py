@@ -12,7 +12,7 @@ from typing import Any
 
 from openrs_pl.data.benchmarks import BENCHMARKS
 from openrs_pl.data.prompts import build_chat_prompt, format_eval_problem
-from openrs_pl.rewards.grading import grade_batch
+from openrs_pl.rewards.grading import GoldMode, grade_batch
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
 
 Generate = Callable[[list[list[int]], SamplingConfig], GenerationOutput]
@@ -72,7 +72,7 @@ def generate_records(
 
 def grade_records(records: list[dict[str, Any]], timeout_s: float = 5.0) -> list[dict[str, Any]]:
     """Add the grader's verdict to each record (lighteval's parse, each benchmark's gold mode); returns them."""
-    by_mode: dict[str, list[dict[str, Any]]] = {}
+    by_mode: dict[GoldMode, list[dict[str, Any]]] = {}
     for record in records:
         by_mode.setdefault(BENCHMARKS[record["benchmark"]].gold_mode, []).append(record)
     for gold_mode, group in by_mode.items():

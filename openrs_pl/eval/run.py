@@ -1,6 +1,6 @@
 """``openrs-pl eval``: zero-shot pass@k of a checkpoint on the paper's five math benchmarks (Table 1).
 
-Defaults reproduce the Open-RS evaluation (lighteval, research note §4): the lighteval math prompt in the model's
+Defaults reproduce the Open-RS evaluation (lighteval, arXiv 2503.16219): the lighteval math prompt in the model's
 chat template, temperature 0.6, top-p 0.95, up to 32768 new tokens, math-verify grading with an expression-style
 gold for AIME24/AMC23 and a LaTeX-style gold for the others. Outputs in ``output_dir``:
 
@@ -171,7 +171,7 @@ def build_engine(cfg: EvalConfig, tokenizer: Any, max_prompt_len: int) -> tuple[
 
     from openrs_pl.rollout.hf_engine import HFEngine
 
-    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=cfg.dtype).to("cuda" if on_gpu else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=cfg.dtype).to("cuda" if on_gpu else "cpu")  # type: ignore[arg-type]
     torch.manual_seed(cfg.seed + shard)
     engine = HFEngine(
         model, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, batch_size=cfg.hf_batch_size
@@ -257,7 +257,7 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
     else:
         tokenizer = AutoTokenizer.from_pretrained(cfg.model)
         items = missing_work(cfg, problems, set(before))
-        engine_name = generate_missing(cfg, items, tokenizer, shard_path(out, cfg.shard_index), engine)
+        engine_name = generate_missing(cfg, items, tokenizer, shard_path(out, cfg.shard_index), engine)  # type: ignore[assignment]
         if cfg.shard_index is not None:
             return {}
     merge_shards(out)

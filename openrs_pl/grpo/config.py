@@ -1,28 +1,27 @@
-"""Typed configuration groups of the GRPO module. Each field's docstring is its ``--help`` text in the CLI."""
+"""Typed configuration groups of the GRPO module. Each field's docstring is its ``--help`` text in the CLI.
+
+Frozen, so the default instances in :class:`~openrs_pl.grpo.module.GRPOModule`'s signature can be shared safely
+(jsonargparse expands a group's fields in ``--help`` only when its default is an instance, not ``None``).
+Sampling settings (group size, temperature, length limit) and the reward scaling belong to the rollout side:
+see :class:`~openrs_pl.rollout.callback.RolloutCallback`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from openrs_pl.grpo.objectives import (
     AdaptiveEntropy,
     ImportanceSamplingLevel,
     LossType,
-    MultiObjectiveAggregation,
     SamplerISMode,
 )
-from openrs_pl.rollout.types import SamplingConfig
-
-ScaleRewards = Literal["group", "batch", "none"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class GRPOConfig:
     """The GRPO objective and its batch layout. Defaults are the Open-RS recipe's."""
 
-    num_generations: int = 6
-    """Completions sampled per prompt (the group size G)."""
     micro_batch_size: int = 6
     """Completions per forward/backward pass (the recipe's per_device_train_batch_size)."""
     num_iterations: int = 1
@@ -32,8 +31,6 @@ class GRPOConfig:
     the recipe's pinned TRL did), dr_grpo (sum / (rows * max_completion_length)), dapo (token mean over the global
     batch), cispo (clipped-weight REINFORCE, MiniMax-M1), sapo (soft gate, arXiv 2511.20347), luspo (per-sequence
     sum, arXiv 2602.05261), vespo (Gamma-weighted sequence ratio, arXiv 2602.10693)."""
-    scale_rewards: ScaleRewards = "group"
-    """Divide advantages by the group std (GRPO), the batch std, or not at all (Dr. GRPO)."""
     beta: float = 0.04
     """KL coefficient against the frozen reference (k3 estimator). 0 = no reference model is loaded."""
     epsilon: float = 0.2
@@ -46,10 +43,6 @@ class GRPOConfig:
     """Rows per forward when computing log-probs, bounding the logits held in memory at once."""
 
     def __post_init__(self) -> None:
-        if self.num_generations < 2:
-            raise ValueError(
-                f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}"
-            )
         if self.micro_batch_size < 1 or self.num_iterations < 1 or self.logprob_chunk_size < 1:
             raise ValueError("grpo.micro_batch_size, grpo.num_iterations and grpo.logprob_chunk_size must be >= 1")
         if self.beta < 0:
@@ -98,9 +91,6 @@ class GRPOConfig:
     """VESPO Gamma power k for negative advantages."""
     vespo_lambda_neg: float = 2.0
     """VESPO Gamma decay lambda for negative advantages."""
-    multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize"
-    """sum_then_normalize: weighted reward sum, then group advantages (GRPO, the recipe); normalize_then_sum:
-    normalise each reward in its group, sum, renormalise over the batch (GDPO, arXiv 2601.05242)."""
     vllm_importance_sampling_correction: bool = False
     """Correct for the engine-vs-trainer log-prob mismatch with importance weights (needs an engine that reports
     log-probs). TRL 1.16 defaults it to True; here False (the recipe)."""
@@ -111,12 +101,6 @@ class GRPOConfig:
     """Lower bound of the sampler importance weight; None = none."""
     vllm_importance_sampling_clip_max: float | None = 3.0
     """Upper bound of the sampler importance weight; None = none."""
-    dynamic_sampling: bool = False
-    """DAPO dynamic sampling (arXiv 2503.14476): drop groups whose rewards all agree and draw more prompts until
-    the batch is full again. Off in the recipe."""
-    dynamic_sampling_max_draws: int = 4
-    """Extra prompt batches dynamic sampling may draw per step before training on what it has (refilled with
-    zero-signal groups)."""
 
     def _check_objective_options(self) -> None:
         if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):
@@ -130,8 +114,6 @@ class GRPOConfig:
             raise ValueError("a *_truncate vllm_importance_sampling_mode needs clip_min or clip_max")
         if self.entropy_coef_min > self.entropy_coef_max:
             raise ValueError("grpo.entropy_coef_min must be <= grpo.entropy_coef_max")
-        if self.dynamic_sampling_max_draws < 0:
-            raise ValueError(f"grpo.dynamic_sampling_max_draws must be >= 0, got {self.dynamic_sampling_max_draws}")
 
     @property
     def needs_entropies(self) -> bool:
@@ -160,57 +142,16 @@ class GRPOConfig:
         )  # fmt: skip
         return {name: getattr(self, name) for name in names}
 
-    def completions_per_step(self, prompts_per_step: int) -> int:
-        """Completions each rank generates per optimizer step."""
-        return prompts_per_step * self.num_generations
-
-    def accumulation_steps(self, prompts_per_step: int) -> int:
-        """Micro-batches per optimizer step (the recipe's gradient_accumulation_steps)."""
-        return self.completions_per_step(prompts_per_step) // self.micro_batch_size
-
-    def check_batch(self, prompts_per_step: int) -> None:
+    def check_batch(self, completions_per_rank: int) -> None:
         """Raise if a rank's generation batch cannot be cut into whole micro-batches."""
-        total = self.completions_per_step(prompts_per_step)
-        if total % self.micro_batch_size:
+        if completions_per_rank % self.micro_batch_size:
             raise ValueError(
-                f"data.prompts_per_step ({prompts_per_step}) x grpo.num_generations ({self.num_generations}) = {total}"
-                f" completions per rank is not divisible by grpo.micro_batch_size ({self.micro_batch_size})"
+                f"{completions_per_rank} completions per rank (data.prompts_per_step x rollout.num_generations) is"
+                f" not divisible by model.grpo.micro_batch_size ({self.micro_batch_size})"
             )
 
 
-@dataclass
-class GenerationConfig:
-    """How rollouts are sampled (the loss scores log-probs at the same temperature)."""
-
-    temperature: float = 0.7
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass; 1.0 = off (the recipe sets none)."""
-    top_k: int = 0
-    """Top-k sampling; 0 = off."""
-    max_completion_length: int = 3584
-    """Maximum completion length in tokens."""
-
-    def __post_init__(self) -> None:
-        if self.temperature <= 0:
-            raise ValueError(f"generation.temperature must be > 0 for GRPO sampling, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"generation.top_p must be in (0, 1], got {self.top_p}")
-        if self.max_completion_length < 1:
-            raise ValueError(f"generation.max_completion_length must be >= 1, got {self.max_completion_length}")
-
-    def sampling(self, n: int, seed: int | None) -> SamplingConfig:
-        return SamplingConfig(
-            n=n,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            max_tokens=self.max_completion_length,
-            seed=seed,
-        )
-
-
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with a cosine schedule that decays to ``min_lr_rate * lr`` after a linear warm-up."""
 

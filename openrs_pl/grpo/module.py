@@ -1,19 +1,22 @@
-"""The GRPO LightningModule: policy, frozen reference, reward set and the loss, orchestrated.
+"""The GRPO LightningModule: policy, frozen reference and the loss, orchestrated.
 
-One ``training_step`` consumes one generation batch (the rank's ``prompts_per_step`` prompts x G completions,
-put into ``batch["rollout"]`` by :class:`~openrs_pl.rollout.callback.RolloutCallback`), cuts it into
-micro-batches of ``grpo.micro_batch_size`` completions, and takes ``grpo.num_iterations`` optimizer steps on it
-(manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step). All math is
-in :mod:`openrs_pl.grpo.loss`; this class only wires models, data and logging together.
+One ``training_step`` consumes one generation batch: the rank's ``prompts_per_step`` prompts x G completions as a
+:class:`~openrs_pl.rollout.types.RolloutBatch`, attached to the batch by
+:class:`~openrs_pl.rollout.callback.RolloutCallback` (which owns sampling, rewards and advantages). It cuts the
+rollout into micro-batches of ``grpo.micro_batch_size`` completions and takes ``grpo.num_iterations`` optimizer
+steps on it (manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step).
+Log-probs are in :mod:`openrs_pl.grpo.logprobs`, all loss math in :mod:`openrs_pl.grpo.loss`; this class only
+wires models, data and logging together. The weights load in :meth:`configure_model`, after the config and the
+data have been checked.
 
-Logged metrics (``train/`` prefix; names are stable):
-``loss``, ``policy_loss``, ``kl``, ``clip_ratio``, ``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``,
-``reward``, ``reward_std``, ``rewards/<name>/mean``, ``rewards/<name>/std``, ``frac_reward_zero_std``,
-``completions/mean_length``, ``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio``
-(fraction truncated at the length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine
-reports log-probs), ``time/generation``, ``time/sync``; ``entropy`` (when entropies are computed),
-``entropy_coef`` (adaptive entropy control) and ``dynamic_sampling/{draws,prompts_drawn,informative,
-filled_with_zero_signal}`` when those options are on.
+Logged metrics (``train/`` prefix; names are stable): ``loss``, ``policy_loss``, ``kl``, ``clip_ratio``,
+``clip_ratio/low``, ``clip_ratio/high``, ``grad_norm``, ``lr``, ``completions/mean_length``,
+``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio`` (fraction truncated at the
+length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine reports log-probs). The
+rollout callback adds ``reward/mean``, ``reward/std``, ``rewards/<name>/mean``, ``rewards/<name>/std``,
+``frac_reward_zero_std``, ``time/generation`` and ``time/sync``. With the options on: ``entropy`` (when
+entropies are computed), ``entropy_coef`` (adaptive entropy control), and from the callback
+``dynamic_sampling/{draws,prompts_drawn,informative,filled_with_zero_signal}``.
 """
 
 from __future__ import annotations
@@ -22,18 +25,25 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    get_cosine_with_min_lr_schedule_with_warmup,
+)
 
-from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
-from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, completion_logprobs, grpo_loss, logprob_gap, loss_mask
+from openrs_pl.export import HF_FILES_KEY, hf_files
+from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+from openrs_pl.grpo.logprobs import completion_logprobs
+from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
 from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
-from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
-from openrs_pl.rollout.types import RolloutBatch
+from openrs_pl.rollout.types import RolloutBatch, rollout_from
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -44,11 +54,13 @@ class GRPOModule(L.LightningModule):
     """GRPO fine-tuning of a causal LM.
 
     Args:
-        model: HF path or hub id of the policy (the reference model starts from the same weights).
-        rewards: reward functions with weights (recipe: format 1.0 + accuracy or cosine 2.0).
-        grpo: the objective and batch layout.
-        generation: sampling settings shared by the rollout engine and the log-prob computation.
+        name_or_path: local HF folder or hub id of the policy (the reference model starts from the same weights).
+        grpo: the objective and micro-batch layout.
         optim: optimizer and learning-rate schedule.
+        temperature: log-probs are scored at the sampling temperature (the CLI links it from
+            ``rollout.temperature``).
+        max_completion_length: the sampling length limit, dr_grpo's constant denominator (the CLI links it from
+            ``rollout.max_completion_length``).
         gradient_checkpointing: recompute activations in backward to save memory (recipe: on).
         torch_dtype: dtype the weights are loaded in (recipe: bfloat16).
         attn_implementation: e.g. "flash_attention_2" on GPU (recipe); None = transformers' default.
@@ -56,58 +68,72 @@ class GRPOModule(L.LightningModule):
 
     def __init__(
         self,
-        model: str,
-        rewards: list[RewardSpec],
-        grpo: GRPOConfig | None = None,
-        generation: GenerationConfig | None = None,
-        optim: OptimConfig | None = None,
+        name_or_path: str,
+        grpo: GRPOConfig = GRPOConfig(),
+        optim: OptimConfig = OptimConfig(),
+        temperature: float = 0.7,
+        max_completion_length: int = 3584,
         gradient_checkpointing: bool = False,
         torch_dtype: DType = "auto",
         attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
-        self.grpo = grpo or GRPOConfig()
-        self.generation = generation or GenerationConfig()
-        self.optim = optim or OptimConfig()
-        # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
-        if not rewards:
-            raise ValueError("model.rewards is empty: GRPO needs at least one reward function")
-        validate_reward_specs(rewards)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
+        _check_model_source(name_or_path)
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.model_name = model
-        _check_model_source(model)
-        self.reward_set = RewardSet(rewards)
-        self.tokenizer = AutoTokenizer.from_pretrained(model)
-        self.policy = _load_causal_lm(model, torch_dtype, attn_implementation)
-        if gradient_checkpointing:
-            self.policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.policy.config.use_cache = False
+        self.grpo = grpo
+        self.optim = optim
+        self.temperature = temperature
+        self.max_completion_length = max_completion_length
+        self._name_or_path = name_or_path
+        self._load_kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "attn_implementation": attn_implementation}
+        self._gradient_checkpointing = gradient_checkpointing
         # A plain list keeps the reference out of the module tree: it is never trained, never in state_dict()
         # (so not checkpointed twice) and never wrapped by the strategy.
         self._reference: list[nn.Module] = []
+
+    def configure_model(self) -> None:
+        """Load tokenizer, policy and (with ``beta > 0``) the frozen reference; called once, after setup()."""
+        if hasattr(self, "policy"):
+            return
+        self.tokenizer = AutoTokenizer.from_pretrained(self._name_or_path)
+        policy = _load_causal_lm(self._name_or_path, **self._load_kwargs)
+        if self._gradient_checkpointing:
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            policy.config.use_cache = False
+        self.policy = policy
         if self.grpo.beta > 0:
-            ref = _load_causal_lm(model, torch_dtype, attn_implementation).eval().requires_grad_(False)
+            ref = _load_causal_lm(self._name_or_path, **self._load_kwargs).eval().requires_grad_(False)
             self._reference.append(ref)
         self.entropy_control = self.grpo.adaptive_entropy()
+
+    # ------------------------------------------------------------------------ PolicySource (the rollout's view)
+    # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from configure_model on.
+    policy: nn.Module
+    tokenizer: Any
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def name_or_path(self) -> str:
+        return self._name_or_path
 
     @property
     def reference(self) -> nn.Module | None:
         return self._reference[0] if self._reference else None
 
-    @property
-    def pad_token_id(self) -> int:
-        pad = self.tokenizer.pad_token_id
-        return pad if pad is not None else self.tokenizer.eos_token_id
-
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is not None and hasattr(datamodule, "prompts_per_step"):
-            self.grpo.check_batch(datamodule.prompts_per_step)
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
         # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
         if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
-            self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)
+            self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)  # type: ignore[attr-defined]
 
     def on_fit_start(self) -> None:
         # from_pretrained returns eval mode and Lightning leaves submodules as they are: train the policy in
@@ -118,9 +144,8 @@ class GRPOModule(L.LightningModule):
 
     # ----------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        rollout: RolloutBatch | None = batch.get("rollout")
-        if rollout is None:
-            raise RuntimeError("batch has no 'rollout': add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
+        rollout = rollout_from(batch)
+        self.grpo.check_batch(rollout.num_completions)
         rollout = self._score_logprobs(rollout.to(self.device))
         num_active_tokens = self._global_active_tokens(rollout)
         losses = []
@@ -147,7 +172,7 @@ class GRPOModule(L.LightningModule):
             input_ids,
             attention_mask,
             completion_len=rollout.completion_ids.shape[1],
-            temperature=self.generation.temperature,
+            temperature=self.temperature,
             chunk_size=self.grpo.logprob_chunk_size,
             return_entropy=return_entropy,
         )  # [N, L], or ([N, L], [N, L]) with the entropies
@@ -170,6 +195,7 @@ class GRPOModule(L.LightningModule):
         totals: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
+            _set_accumulation_boundary(self, last)
             with nullcontext() if last else _no_backward_sync(self):
                 out = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
                 self.manual_backward(out.loss * scale)
@@ -177,30 +203,35 @@ class GRPOModule(L.LightningModule):
                 if value is None:
                     continue
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
-        grad_norm = self._clip_gradients(opt)
+        grad_norm: Tensor | float | None = self._clip_gradients(opt)
         opt.step()
         if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
-            grad_norm = torch.tensor(float(self.trainer.model.get_global_grad_norm() or 0.0))
+            grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
         if self.entropy_control is not None:  # one coefficient on every rank: update it from the mean over ranks
             entropy = self.trainer.strategy.reduce(totals["entropy"], reduce_op="mean")
-            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))
-        metrics = {f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")}
+            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))  # Lightning moves it
+        metrics: dict[str, Tensor | float] = {
+            f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")
+        }
         metrics |= {
             "train/clip_ratio/low": totals["clip_ratio_low"],
             "train/clip_ratio/high": totals["clip_ratio_high"],
         }
-        metrics |= {"train/lr": torch.tensor(opt.param_groups[0]["lr"])}
+        # Python floats, not CPU tensors: sync_dist would all-reduce a CPU tensor, which NCCL cannot.
+        metrics |= {"train/lr": float(opt.param_groups[0]["lr"])}
         if grad_norm is not None:
-            metrics["train/grad_norm"] = grad_norm
+            metrics["train/grad_norm"] = float(grad_norm)
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
         # The bar's own counter is per epoch; GRPO runs are counted in optimizer steps.
         self.log("step", float(self.global_step), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
-    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None, num_micro_batches: int) -> Any:
+    def _micro_batch_loss(
+        self, mb: RolloutBatch, num_active_tokens: float | None, num_micro_batches: int
+    ) -> LossOutput:
         g = self.grpo
         if g.needs_entropies:
             logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
@@ -223,7 +254,7 @@ class GRPOModule(L.LightningModule):
             mb.advantages,
             mb.completion_mask,
             **g.loss_options(),
-            max_completion_length=self.generation.max_completion_length,
+            max_completion_length=self.max_completion_length,
             num_active_tokens=num_active_tokens,
             truncated=mb.truncated,
             is_weights=is_weights,
@@ -235,8 +266,8 @@ class GRPOModule(L.LightningModule):
     def _clip_gradients(self, opt: Any) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
             return None
-        params = [p for p in self.policy.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.zeros(())
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
@@ -253,16 +284,12 @@ class GRPOModule(L.LightningModule):
             metrics["train/sampler_logprob_diff"] = gap
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
-            checkpoint["entropy_control"] = asdict(self.entropy_control)
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.entropy_control is not None and "entropy_control" in checkpoint:
             self.entropy_control = AdaptiveEntropy(**checkpoint["entropy_control"])
 
     # ------------------------------------------------------------------------------------------- optimisers
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         o = self.optim
         optimizer = torch.optim.AdamW(
             self.policy.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
@@ -282,6 +309,12 @@ class GRPOModule(L.LightningModule):
         return int(self.trainer.estimated_stepping_batches) * self.grpo.num_iterations
 
     # -------------------------------------------------------------------------------------------- exporting
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The checkpoint alone is enough for `openrs-pl export`: it keeps the policy's config and tokenizer files.
+        checkpoint[HF_FILES_KEY] = hf_files(cast(PreTrainedModel, self.policy), self.tokenizer)
+        if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
+            checkpoint["entropy_control"] = asdict(self.entropy_control)
+
     def export_hf(self, out_dir: str | Path) -> Path:
         """Save the policy and tokenizer as a plain HF folder (loadable by transformers and vLLM)."""
         out = Path(out_dir)
@@ -292,7 +325,8 @@ class GRPOModule(L.LightningModule):
 
 def _check_model_source(model: str) -> None:
     """Reject a local-looking path that does not exist before anything is downloaded or loaded."""
-    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1 or Path(model).suffix != ""
+    # A hub id is "name" or "org/name" and may contain dots ("Qwen-1.5B"); anything else is a local path.
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
     path = Path(model).expanduser()
     if looks_local and not path.is_dir():
         raise ValueError(f"model path {model!r} does not exist (expected a folder written by save_pretrained)")
@@ -322,6 +356,23 @@ def _is_deepspeed(strategy: Any) -> bool:
 
 
 def _no_backward_sync(module: L.LightningModule) -> Any:
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step."""
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step.
+
+    Not under DeepSpeed: Lightning's ``block_backward_sync`` would call the engine's ``no_sync``, which asserts under
+    ZeRO-2/3; the engine reduces at the accumulation boundary set by :func:`_set_accumulation_boundary` instead.
+    """
+    if _is_deepspeed(module.trainer.strategy):
+        return nullcontext()
     block = getattr(module.trainer.strategy, "block_backward_sync", None)
     return block() if block is not None else nullcontext()
+
+
+def _set_accumulation_boundary(module: L.LightningModule, is_last: bool) -> None:
+    """Tell DeepSpeed which backward ends the optimizer step (call before each micro-batch's backward).
+
+    Lightning runs the engine with ``gradient_accumulation_steps=1`` (it cannot know our micro-batching), so
+    without this every backward is a boundary and DeepSpeed 0.19's ZeRO-2 keeps only the last micro-batch's
+    gradient. No-op for other strategies.
+    """
+    if _is_deepspeed(module.trainer.strategy):
+        module.trainer.model.set_gradient_accumulation_boundary(is_last)

@@ -107,8 +107,8 @@ class PassAtK(torchmetrics.Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """``{"pass@k": mean over problems}`` for each k (NaN when no problem was added)."""
-        n = _as_tensor(self.num_samples).tolist()
-        c = _as_tensor(self.num_correct).tolist()
+        n = _as_tensor(self.num_samples).tolist()  # type: ignore[arg-type]
+        c = _as_tensor(self.num_correct).tolist()  # type: ignore[arg-type]
         out = {}
         for k in self.ks:
             scores = [pass_at_k(ni, ci, k) for ni, ci in zip(n, c, strict=True)]

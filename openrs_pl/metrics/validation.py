@@ -11,6 +11,7 @@ import torch
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.eval.pipeline import Generate, WorkItem, generate_records, grade_records
 from openrs_pl.metrics.passk import PassAtK
+from openrs_pl.rollout.callback import RolloutCallback, policy_source
 from openrs_pl.rollout.types import SamplingConfig
 
 
@@ -71,8 +72,9 @@ class ValidationPassAtK(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
-        # Micro-batches of one optimizer step share global_step: check once per step.
-        if step == 0 or step % self.every_n_steps != 0 or step == self._last_step:
+        # global_step advances by num_iterations per generation batch, so it may jump over a multiple of
+        # every_n_steps: check at the first batch at or past each multiple, once.
+        if step == 0 or step // self.every_n_steps <= max(self._last_step, 0) // self.every_n_steps:
             return
         scores = self.evaluate(trainer, pl_module)
         for name, value in scores.items():
@@ -109,7 +111,7 @@ class ValidationPassAtK(L.Callback):
         ]
         generate = self._generator(trainer, pl_module)
         records = grade_records(
-            generate_records(generate, pl_module.tokenizer, items, self.sampling), self.grading_timeout_s
+            generate_records(generate, policy_source(pl_module).tokenizer, items, self.sampling), self.grading_timeout_s
         )
         scores = {}
         for bench in self.benchmarks:
@@ -123,16 +125,12 @@ class ValidationPassAtK(L.Callback):
 
     def _generator(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Generate:
         """The rollout callback's generation path if there is one, else ``generate`` on the policy itself."""
-        from openrs_pl.rollout.callback import RolloutCallback
-
-        for callback in trainer.callbacks:
+        for callback in trainer.callbacks:  # type: ignore[attr-defined]
             if isinstance(callback, RolloutCallback) and (callback.engine is not None or trainer.world_size > 1):
                 # Its dispatcher also covers the dedicated vLLM mode, where only rank 0 holds an engine.
                 return lambda prompt_ids, sampling: callback.generate(trainer, prompt_ids, sampling)
         if self._fallback_engine is None:
             from openrs_pl.rollout.hf_engine import HFEngine
 
-            tokenizer = pl_module.tokenizer
-            pad = getattr(pl_module, "pad_token_id", tokenizer.pad_token_id)
-            self._fallback_engine = HFEngine(pl_module.policy, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad)
+            self._fallback_engine = HFEngine.for_policy(policy_source(pl_module))
         return self._fallback_engine.generate

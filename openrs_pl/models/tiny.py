@@ -91,7 +91,7 @@ def build_tiny_model(
     if hidden_size // num_heads < 32:
         raise ValueError(f"head size {hidden_size // num_heads} < 32: vLLM's CPU backend cannot run it")
     vocab = -(-len(tokenizer) // 64) * 64
-    config = Qwen2Config(
+    config = Qwen2Config(  # type: ignore[call-arg]
         vocab_size=vocab,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,

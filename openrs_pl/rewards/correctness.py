@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from openrs_pl.rewards.completion_text import completion_texts
 from openrs_pl.rewards.counters import count
-from openrs_pl.rewards.grading import Verdict, grade_batch
+from openrs_pl.rewards.grading import GoldMode, Verdict, grade_batch
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def grade_completions(
         raise ValueError(f"the correctness rewards need a {gold_field!r} column (gold_field={gold_field!r})")
     # A null gold (open_rs row 4303 has answer=None) is graded as an empty string, i.e. as unparsable.
     gold_texts = ["" if g is None else str(g) for g in golds]
-    gold_mode = "solution" if gold_field == "solution" else "latex"
+    gold_mode: GoldMode = "solution" if gold_field == "solution" else "latex"
     verdicts = grade_batch(texts, gold_texts, gold_mode, "openrs", timeout_s=timeout_s)
     unparsed = [g for g, v in zip(gold_texts, verdicts, strict=True) if not v.gold_ok]
     if unparsed:

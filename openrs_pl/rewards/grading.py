@@ -2,7 +2,7 @@
 
 Used by the ``accuracy``/``cosine``/``length`` rewards and by evaluation, so training and evaluation grade alike.
 
-Parse settings (Open-RS recipe, ``shared/research/openrs-recipe.md`` §2 and §4):
+Parse settings (the Open-RS recipe's reward code, github.com/knoveleng/open-rs, and lighteval's math metric):
 
 * ``pred_mode="openrs"`` is the recipe's accuracy reward: ``LatexExtractionConfig`` with ``NormalizationConfig(
   nits=False, malformed_operators=False, basic_latex=True, equations=True, boxed="all", units=True)``,

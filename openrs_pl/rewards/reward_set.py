@@ -27,7 +27,7 @@ from openrs_pl.rewards.formatting import format_reward, format_strict_reward, ta
 from openrs_pl.rewards.overlong import overlong_reward
 from openrs_pl.rewards.repetition import repetition_reward
 
-RewardFunc = Callable[..., list[float | None]]
+RewardFunc = Callable[..., Sequence[float | None]]
 
 REWARD_REGISTRY: dict[str, RewardFunc] = {
     "accuracy": accuracy_reward,
@@ -215,7 +215,7 @@ class RewardSet:
         stats: dict[str, float] = {}
         for r, (name, spec, func) in enumerate(zip(self.names, self.specs, self.funcs, strict=True)):
             with collecting() as counts:
-                values = func(
+                values = func(  # type: ignore[assignment]
                     completions=handed, prompts=prompts, completion_ids=completion_ids, **{**columns, **spec.kwargs}
                 )
             if len(values) != n:

@@ -1,11 +1,14 @@
 """The callback that drives rollouts: generate, score, compute advantages, hand the batch to the module, sync.
 
-Per optimizer step on every rank: take the DataModule's prompts from ``batch``, ask the engine for G completions
-each, decode them, score them with the module's reward set, turn rewards into group-relative advantages and put
-the padded :class:`RolloutBatch` into ``batch["rollout"]`` for ``training_step``. After the step, push the new
-policy weights into the engine (every ``sync_every`` steps; the HF engine samples from the policy itself and
-needs none). Groups never straddle ranks: each rank's prompts are expanded to their G completions locally, and
-in the dedicated vLLM mode rank 0 generates for everyone and sends each rank back exactly its own groups.
+The rollout side owns everything it uses: the engine, the sampling settings, the reward functions and the
+advantage scaling. Per optimizer step on every rank: take the DataModule's prompts from ``batch``, ask the engine
+for G completions each, decode them, score them with the reward set, turn rewards into group-relative advantages
+and attach the padded :class:`~openrs_pl.rollout.types.RolloutBatch` to the batch (``batch[ROLLOUT_KEY]``) for
+``training_step``. After the step, push the new policy weights into the engine (every ``sync_every`` steps; the HF
+engine samples from the policy itself and ignores the call). The only thing read from the module is a
+:class:`~openrs_pl.rollout.types.PolicySource`. Groups never straddle ranks: each rank's prompts are expanded to
+their G completions locally, and in the dedicated vLLM mode rank 0 generates for everyone and sends each rank back
+exactly its own groups.
 """
 
 from __future__ import annotations
@@ -18,100 +21,154 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from openrs_pl.grpo.loss import group_advantages
-from openrs_pl.grpo.objectives import gdpo_advantages
+from openrs_pl.grpo.objectives import MultiObjectiveAggregation, gdpo_advantages
+from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
+from openrs_pl.rollout.advantages import ScaleRewards, group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
-from openrs_pl.rollout.types import GenerationOutput, RolloutBatch, SamplingConfig
+from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig
 
 EngineName = Literal["hf", "vllm"]
+
+
+def policy_source(pl_module: L.LightningModule) -> PolicySource:
+    """The module as the typed :class:`PolicySource` the rollout side reads; a clear error for any other module."""
+    if not isinstance(pl_module, PolicySource):
+        raise TypeError(
+            f"{type(pl_module).__name__} does not expose policy, tokenizer, pad_token_id and name_or_path "
+            "(openrs_pl.rollout.types.PolicySource), which RolloutCallback needs"
+        )
+    return pl_module
 
 
 class RolloutCallback(L.Callback):
     """Generates and scores each step's rollouts and keeps the engine's weights in sync with the policy.
 
     Args:
+        rewards: reward functions with weights (recipe: format 1.0 + accuracy or cosine 2.0).
+        num_generations: completions sampled per prompt (the group size G, at least 2).
+        temperature: sampling temperature; the module scores log-probs at the same temperature (linked by the CLI).
+        top_p: nucleus sampling mass; 1.0 = off (the recipe sets none).
+        top_k: top-k sampling; 0 = off.
+        max_completion_length: completion length limit in tokens (also dr_grpo's constant, linked by the CLI).
+        scale_rewards: divide advantages by the group std (GRPO), the batch std (all ranks), or not at all
+            (Dr. GRPO).
         engine: ``hf`` (``model.generate`` on the policy; nothing to sync) or ``vllm``.
         vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
         hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
         seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
+        multi_objective_aggregation: sum_then_normalize: weighted reward sum, then group advantages (GRPO, the
+            recipe); normalize_then_sum: normalise each reward in its group, sum, renormalise over the batch (GDPO,
+            arXiv 2601.05242; TRL 1.16's option of the same name).
+        dynamic_sampling: DAPO dynamic sampling (arXiv 2503.14476): drop groups whose rewards all agree and draw
+            more prompts until the batch is full again. Off in the recipe.
+        dynamic_sampling_max_draws: extra prompt batches dynamic sampling may draw per step; when they run out the
+            batch is topped up with zero-signal groups.
     """
 
     def __init__(
         self,
+        rewards: list[RewardSpec],
+        num_generations: int = 6,
+        temperature: float = 0.7,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        max_completion_length: int = 3584,
+        scale_rewards: ScaleRewards = "group",
         engine: EngineName = "hf",
-        vllm: VLLMConfig | None = None,
+        vllm: VLLMConfig = VLLMConfig(),
         hf_batch_size: int | None = None,
         seed: int = 42,
+        multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize",
+        dynamic_sampling: bool = False,
+        dynamic_sampling_max_draws: int = 4,
     ) -> None:
         super().__init__()
+        # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
+        if num_generations < 2:
+            raise ValueError(f"rollout.num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
+        if temperature <= 0:
+            raise ValueError(f"rollout.temperature must be > 0 for GRPO sampling, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"rollout.top_p must be in (0, 1], got {top_p}")
+        if max_completion_length < 1:
+            raise ValueError(f"rollout.max_completion_length must be >= 1, got {max_completion_length}")
+        if not rewards:
+            raise ValueError("rollout.rewards is empty: GRPO needs at least one reward function")
+        validate_reward_specs(rewards)
+        if dynamic_sampling_max_draws < 0:
+            raise ValueError(f"rollout.dynamic_sampling_max_draws must be >= 0, got {dynamic_sampling_max_draws}")
+        self.multi_objective_aggregation = multi_objective_aggregation
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_max_draws = dynamic_sampling_max_draws
+        self._extra_prompts: Iterator[dict[str, list[Any]]] | None = None  # dynamic sampling's own prompt stream
+        self.reward_set = RewardSet(rewards)
+        self.sampling = SamplingConfig(
+            n=num_generations, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_completion_length
+        )
+        self.scale_rewards: ScaleRewards = scale_rewards
         self.engine_name = engine
-        self.vllm_config = vllm if vllm is not None else VLLMConfig()
+        self.vllm_config = vllm
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
-        self._extra_prompts: Iterator[dict[str, list[Any]]] | None = None  # dynamic sampling's own prompt stream
+
+    @property
+    def num_generations(self) -> int:
+        return self.sampling.n
 
     # ------------------------------------------------------------------------------------------ lifecycle
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After configure_model (the policy exists) and after the strategy moved it to its device.
         if self.engine is not None:
             return
+        source = policy_source(pl_module)
         if self.engine_name == "hf":
-            self.engine = HFEngine(
-                pl_module.policy,
-                eos_token_id=pl_module.tokenizer.eos_token_id,
-                pad_token_id=pl_module.pad_token_id,
-                batch_size=self.hf_batch_size,
-            )
+            self.engine = HFEngine.for_policy(source, batch_size=self.hf_batch_size)
         else:
-            self.engine = self._build_vllm_engine(trainer, pl_module)
+            self.engine = self._build_vllm_engine(trainer, source)
 
-    def _build_vllm_engine(self, trainer: L.Trainer, pl_module: L.LightningModule) -> GenerationEngine | None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Resuming from a checkpoint (global_step is restored only now): the engine started from the base weights.
+        if trainer.global_step > 0:
+            self._sync(pl_module, force=True)
+
+    def _build_vllm_engine(self, trainer: L.Trainer, source: PolicySource) -> GenerationEngine | None:
         from openrs_pl.rollout.vllm_engine import VLLMEngine
 
         # Dedicated mode: one engine, in rank 0's process, on its own device; the other ranks have none.
         if self.vllm_config.mode == "dedicated" and trainer.global_rank != 0:
             return None
         return VLLMEngine(
-            pl_module.model_name, self.vllm_config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank
+            source.name_or_path, self.vllm_config, seed=self.seed + trainer.global_rank, local_rank=trainer.local_rank
         )
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # vLLM's own shutdown would destroy the trainer's process group if left to the interpreter's exit.
-        close = getattr(self.engine, "close", None)
-        if close is not None:
-            close()
+        if self.engine is not None:
+            self.engine.close()
         self.engine = None
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Resuming from a checkpoint: the engine was started from the base weights, the policy was not.
-        if self.engine_name == "vllm" and trainer.global_step > 0:
-            self._sync(pl_module, force=True)
 
     # ------------------------------------------------------------------------------------------- per step
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        g = pl_module.grpo.num_generations
         seed = self.seed + trainer.global_step * max(trainer.world_size, 1) + trainer.global_rank
-        sampling = pl_module.generation.sampling(n=g, seed=seed)
+        sampling = SamplingConfig(**{**vars(self.sampling), "seed": seed})
         start = time.perf_counter()
         generation = self.generate(trainer, batch["prompt_ids"], sampling)
-        sleep = getattr(self.engine, "sleep", None)  # colocate + sleep mode: free the engine's memory for training
-        if sleep is not None:
-            sleep()
+        if self.engine is not None:
+            self.engine.sleep()  # colocate + sleep mode: free the engine's memory for training
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
-        batch["rollout"] = self._score(trainer, pl_module, batch, generation, sampling)
+        batch[ROLLOUT_KEY] = self.score(trainer, pl_module, batch, generation, sampling)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        # The engine applies its own `sync_every`; the HF engine samples from the policy and needs no sync.
-        if self.engine_name != "hf":
-            self._sync(pl_module)
+        self._sync(pl_module)  # the engine applies its own `sync_every`; the HF engine ignores it
 
     def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Completions for this rank's prompts (in the dedicated vLLM mode, via rank 0). Every rank must call it."""
@@ -119,31 +176,31 @@ class RolloutCallback(L.Callback):
             from openrs_pl.rollout.dispatch import generate_on_rank_zero
 
             return generate_on_rank_zero(self.engine, prompt_ids, sampling)
-        assert self.engine is not None, "engine not built: RolloutCallback.setup did not run"
+        assert self.engine is not None, "engine not built: RolloutCallback.on_fit_start did not run"
         return self.engine.generate(prompt_ids, sampling)
 
-    def _score(
+    def score(
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
         batch: dict[str, Any],
         generation: GenerationOutput,
-        sampling: SamplingConfig,
+        sampling: SamplingConfig | None = None,
     ) -> RolloutBatch:
-        g = pl_module.grpo.num_generations
-        scored, stats = self._rewards(pl_module, batch, generation)
-        if pl_module.grpo.dynamic_sampling:
-            scored = self._refill(trainer, pl_module, scored, sampling)
+        """Rewards, advantages and the padded rollout batch for this rank's completions (refilled by dynamic
+        sampling when it is on; ``sampling`` seeds its extra draws)."""
+        source = policy_source(pl_module)
+        g = self.num_generations
+        scored, stats = self._rewards(source, batch, generation)
+        if self.dynamic_sampling:
+            scored = self._refill(trainer, pl_module, scored, sampling or self.sampling)
         rewards = scored.rewards  # [N]
-        if pl_module.grpo.multi_objective_aggregation == "normalize_then_sum":
+        if self.multi_objective_aggregation == "normalize_then_sum":
             per_func = self._gathered(trainer, pl_module, scored.per_func)  # GDPO: batch-level renormalisation
-            advantages = gdpo_advantages(per_func, pl_module.reward_set.weights, g)
+            advantages = gdpo_advantages(per_func, self.reward_set.weights, g)
         else:
-            advantages = group_advantages(
-                self._gathered(trainer, pl_module, rewards, pl_module.grpo.scale_rewards == "batch"),
-                g,
-                pl_module.grpo.scale_rewards,
-            )
+            gathered = self._gathered(trainer, pl_module, rewards, self.scale_rewards == "batch")
+            advantages = group_advantages(gathered, g, self.scale_rewards)
         if advantages.numel() > rewards.numel():  # computed on the all-gathered batch: keep this rank's slice
             advantages = advantages.view(trainer.world_size, rewards.numel())[trainer.global_rank]
         group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
@@ -151,21 +208,19 @@ class RolloutCallback(L.Callback):
         pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
         pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return assemble_rollout(
-            scored.batch["prompt_ids"], scored.generation, rewards, scored.per_func, advantages, g,
-            pl_module.pad_token_id,
-        )  # fmt: skip
+            scored.batch["prompt_ids"], scored.generation, rewards, scored.per_func, advantages, g, source.pad_token_id
+        )
 
-    @staticmethod
     def _rewards(
-        pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
+        self, source: PolicySource, batch: dict[str, Any], generation: GenerationOutput
     ) -> tuple[ScoredGroups, dict[str, float]]:
         """Score one prompt batch's completions; the stats describe the sampled (unfiltered) batch."""
-        g = pl_module.grpo.num_generations
-        texts = pl_module.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
+        g = self.num_generations
+        texts = source.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
         columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
         prompts = columns.pop("prompt", [""] * len(texts))
-        result = pl_module.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
-        prompt_columns = {k: v for k, v in batch.items() if k != "rollout"}
+        result = self.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
+        prompt_columns = {k: v for k, v in batch.items() if k != ROLLOUT_KEY}
         scored = ScoredGroups(prompt_columns, generation, result.total, result.per_func)
         return scored, {f"train/{k}": v for k, v in result.stats.items()}
 
@@ -174,17 +229,18 @@ class RolloutCallback(L.Callback):
     ) -> ScoredGroups:
         """DAPO dynamic sampling: swap zero-signal groups for informative ones from extra prompt batches."""
         if self._extra_prompts is None:
-            dm = trainer.datamodule
-            self._extra_prompts = prompt_batches(
-                dm.rows, scored.num_groups, trainer.global_rank, max(trainer.world_size, 1), self.seed + 1
-            )
-        draws = iter(range(1, pl_module.grpo.dynamic_sampling_max_draws + 1))
+            rows = trainer.datamodule.rows  # type: ignore[attr-defined]
+            world = max(trainer.world_size, 1)
+            self._extra_prompts = prompt_batches(rows, scored.num_groups, trainer.global_rank, world, self.seed + 1)
+        extra_prompts = self._extra_prompts
+        draws = iter(range(1, self.dynamic_sampling_max_draws + 1))
+        source = policy_source(pl_module)
 
         def draw() -> ScoredGroups:
-            prompts = next(self._extra_prompts)
+            prompts = next(extra_prompts)
             seed = None if sampling.seed is None else sampling.seed + 7919 * next(draws)
-            extra_sampling = replace(sampling, seed=seed)
-            return self._rewards(pl_module, prompts, self.generate(trainer, prompts["prompt_ids"], extra_sampling))[0]
+            generation = self.generate(trainer, prompts["prompt_ids"], replace(sampling, seed=seed))
+            return self._rewards(source, prompts, generation)[0]
 
         def any_rank_missing(missing: int) -> bool:  # every rank must take part in the same generate() calls
             if trainer.world_size <= 1:
@@ -192,8 +248,8 @@ class RolloutCallback(L.Callback):
             missing_here = torch.tensor(float(missing), device=pl_module.device)
             return bool(trainer.strategy.reduce(missing_here, reduce_op="sum") > 0)
 
-        g = pl_module.grpo.num_generations
-        filled, stats = fill_informative(scored, draw, g, pl_module.grpo.dynamic_sampling_max_draws, any_rank_missing)
+        g = self.num_generations
+        filled, stats = fill_informative(scored, draw, g, self.dynamic_sampling_max_draws, any_rank_missing)
         pl_module.log_dict(
             {f"train/dynamic_sampling/{k}": float(v) for k, v in asdict(stats).items()}, on_step=True, on_epoch=False
         )
@@ -210,8 +266,8 @@ class RolloutCallback(L.Callback):
         return gathered.reshape(-1, *values.shape[1:]).cpu()
 
     def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
-        if self.engine is None:
+        if self.engine is None or self.engine_name == "hf":
             return
         start = time.perf_counter()
-        self.engine.sync_weights(pl_module.policy, force=force)  # only the vLLM engine is ever synced
+        self.engine.sync_weights(policy_source(pl_module).policy, force=force)
         pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)

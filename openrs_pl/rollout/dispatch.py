@@ -69,7 +69,8 @@ def generate_on_rank_zero(
     Args:
         engine: the engine on rank 0; ignored on other ranks.
         prompt_ids: this rank's prompts as token ids.
-        sampling: sampling settings, which must be the same on every rank.
+        sampling: this rank's sampling settings; rank 0 uses its own for the whole gathered batch (so the other
+            ranks' seeds are ignored in this mode).
 
     Returns:
         ``sampling.n`` completions per prompt of this rank, grouped per prompt in order.

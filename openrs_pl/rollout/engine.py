@@ -11,12 +11,28 @@ from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
 
 @runtime_checkable
 class GenerationEngine(Protocol):
-    """Anything that can sample completions for prompts and take the policy's new weights."""
+    """Anything that can sample completions for prompts and take the policy's new weights.
+
+    Engines for which an operation is meaningless implement it as a no-op (the HF engine samples from the policy
+    module itself, so it never syncs, sleeps or closes anything).
+    """
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Sample ``sampling.n`` completions for each prompt (grouped per prompt, in order)."""
         ...
 
-    def sync_weights(self, policy: nn.Module) -> None:
-        """Make the engine sample from ``policy``'s current weights."""
+    def sync_weights(self, policy: nn.Module, force: bool = False) -> None:
+        """Make the engine sample from ``policy``'s current weights (an engine may skip calls, unless ``force``)."""
+        ...
+
+    def sleep(self) -> None:
+        """Release the engine's device memory until the next :meth:`generate` (colocated engines)."""
+        ...
+
+    def wake_up(self) -> None:
+        """Undo :meth:`sleep`."""
+        ...
+
+    def close(self) -> None:
+        """Shut the engine down (the trainer's process group stays alive)."""
         ...

@@ -8,20 +8,21 @@ KV cache, no continuous batching), but exact: its samples come from the current 
 from __future__ import annotations
 
 from contextlib import nullcontext
+from typing import cast
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from openrs_pl.rollout.assemble import pad_left
-from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig
 
 
 class HFEngine:
     """Batched ``model.generate`` over left-padded prompts, ``n`` samples per prompt.
 
     Args:
-        model: the policy module (shared with the trainer) or a path/hub id to load.
+        model: the HF causal LM to sample from (the trainer's policy, or a model the caller loaded).
         eos_token_id: token that ends a completion; read from the model's generation config if omitted.
         pad_token_id: padding id for the batched prompts; defaults to ``eos_token_id``.
         batch_size: prompts per ``generate`` call (each expands to ``n`` sequences); ``None`` = all at once.
@@ -29,18 +30,28 @@ class HFEngine:
 
     def __init__(
         self,
-        model: PreTrainedModel | str,
+        model: PreTrainedModel,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         batch_size: int | None = None,
     ) -> None:
-        self.model = AutoModelForCausalLM.from_pretrained(model) if isinstance(model, str) else model
+        self.model = model
         gen_cfg = self.model.generation_config
         eos = eos_token_id if eos_token_id is not None else gen_cfg.eos_token_id
         self.eos_token_id: int = eos[0] if isinstance(eos, list) else eos
         pad = pad_token_id if pad_token_id is not None else gen_cfg.pad_token_id
         self.pad_token_id: int = pad if pad is not None else self.eos_token_id
         self.batch_size = batch_size
+
+    @classmethod
+    def for_policy(cls, source: PolicySource, batch_size: int | None = None) -> HFEngine:
+        """An engine that samples from a trainer's policy, with its tokenizer's EOS and padding ids."""
+        return cls(
+            cast(PreTrainedModel, source.policy),
+            eos_token_id=source.tokenizer.eos_token_id,
+            pad_token_id=source.pad_token_id,
+            batch_size=batch_size,
+        )
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
@@ -80,10 +91,17 @@ class HFEngine:
         )  # [B*n, P+L], the n samples of a prompt consecutive
         return [_cut_at_eos(row[width:].tolist(), self.eos_token_id) for row in out]
 
-    def sync_weights(self, policy: nn.Module) -> None:
-        """Nothing to do: this engine samples from the policy module itself."""
-        if policy is not self.model:
-            self.model.load_state_dict(policy.state_dict())
+    def sync_weights(self, policy: nn.Module, force: bool = False) -> None:
+        """Nothing to do: this engine samples from the module it was given, which is the policy itself."""
+
+    def sleep(self) -> None:
+        """Nothing to release: the weights are the trainer's and there is no separate KV cache."""
+
+    def wake_up(self) -> None:
+        """Nothing to restore."""
+
+    def close(self) -> None:
+        """Nothing to shut down."""
 
 
 def _cut_at_eos(ids: list[int], eos: int) -> list[int]:

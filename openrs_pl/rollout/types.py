@@ -1,4 +1,9 @@
-"""Typed containers passed between the generation engine, the rollout callback and the GRPO module.
+"""Typed containers and interfaces between the generation engine, the rollout callback and the GRPO module.
+
+This is the bottom of the rollout <-> grpo seam: both packages import it, it imports neither. Data flows one way,
+DataModule (prompts) -> :class:`~openrs_pl.rollout.callback.RolloutCallback` (engine, rewards, advantages)
+-> :class:`RolloutBatch` -> the GRPO module (log-probs, loss, optimizer). The only thing the rollout side reads
+from the module is a :class:`PolicySource`.
 
 Shape notation: ``N`` = completions in the batch (= prompts x G, grouped so that the G completions of one
 prompt are consecutive), ``P`` = padded prompt length, ``L`` = padded completion length, ``R`` = reward functions.
@@ -8,9 +13,38 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+ROLLOUT_KEY = "rollout"
+"""The key under which the rollout callback puts the :class:`RolloutBatch` into the DataModule's batch dict."""
+
+
+@runtime_checkable
+class PolicySource(Protocol):
+    """What the rollout side needs from the trained module: the model to sample from and how to decode it."""
+
+    @property
+    def policy(self) -> nn.Module:
+        """The policy being trained (an HF causal LM; the HF engine samples from it, vLLM copies its weights)."""
+        ...
+
+    @property
+    def tokenizer(self) -> Any:
+        """The policy's tokenizer (decodes completions for the reward functions)."""
+        ...
+
+    @property
+    def pad_token_id(self) -> int:
+        """Padding id for prompts and completions."""
+        ...
+
+    @property
+    def name_or_path(self) -> str:
+        """Where the policy's initial weights come from (a separate engine such as vLLM loads them too)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -80,3 +114,11 @@ class RolloutBatch:
     def to(self, device: torch.device | str) -> RolloutBatch:
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         return replace(self, **{k: v.to(device) for k, v in values.items() if isinstance(v, Tensor)})
+
+
+def rollout_from(batch: dict[str, Any]) -> RolloutBatch:
+    """The :class:`RolloutBatch` the rollout callback attached to ``batch``; a clear error when none did."""
+    rollout = batch.get(ROLLOUT_KEY)
+    if not isinstance(rollout, RolloutBatch):
+        raise RuntimeError("batch has no rollout: add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
+    return rollout

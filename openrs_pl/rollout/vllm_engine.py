@@ -67,8 +67,9 @@ _STARTUP_HINTS: tuple[tuple[str, str], ...] = (
     ),
     (
         r"out of memory|OutOfMemory|No available memory|not enough (KV )?cache|KV cache is needed|larger than the",
-        "the engine does not fit: lower `rollout.gpu_memory_utilization` or `max_model_len`, free the device "
-        "(dedicated mode: give vLLM a GPU the trainer does not use), or enable sleep mode in colocate mode",
+        "the engine does not fit: lower `rollout.vllm.gpu_memory_utilization` or `rollout.vllm.max_model_len`, "
+        "free the device (dedicated mode: give vLLM a GPU the trainer does not use), or enable sleep mode in "
+        "colocate mode",
     ),
     (
         r"No such file|does not exist|not found|Can't load|Repo id|does not appear to have|Incorrect path|"
@@ -124,7 +125,7 @@ class VLLMConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("dedicated", "colocate"):
-            raise ValueError(f"rollout.mode must be 'dedicated' or 'colocate', got {self.mode!r}")
+            raise ValueError(f"rollout.vllm.mode must be 'dedicated' or 'colocate', got {self.mode!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.max_model_len < 1:
@@ -178,28 +179,64 @@ def _as_single_process() -> Iterator[None]:
     """Let vLLM start inside one rank of an already-initialised trainer process group.
 
     vLLM's worker builds its own world from ``torch.distributed``'s default group when one exists, which would
-    make every new vLLM group a collective over all trainer ranks, of which only this one takes part. Making
-    the world look like one process (TRL's ``vllm_device`` trick) keeps vLLM's groups to this rank alone. Those
-    groups must also not take names from torch's group counter: the counter would then run ahead on this rank
-    only, and the next group all ranks create together (DeepSpeed's, Lightning's) would never rendezvous.
+    make every new vLLM group a collective over all trainer ranks, of which only this one takes part. So, while
+    the engine starts:
+
+    * the world looks like one process (TRL's ``vllm_device`` trick), which keeps vLLM's groups to this rank;
+    * the default group's bound device is hidden. Lightning's DDP and DeepSpeed pass ``device_id`` to
+      ``init_process_group``; torch then makes every new NCCL group by *splitting* the default communicator
+      (``distributed_c10d._new_process_group_helper``), a collective over all trainer ranks that only this one
+      would enter: a hang. Unbound, the engine's groups get communicators of their own (and are not bound to
+      the trainer's device either);
+    * vLLM's opt-in ``split_group`` path (``VLLM_DISTRIBUTED_USE_SPLIT_GROUP``), a split of the default group
+      by design, is switched off;
+    * group names do not come from torch's group counter: the counter would then run ahead on this rank only,
+      and the next group all ranks create together (DeepSpeed's, Lightning's) would never rendezvous.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         yield
         return
-    with (
-        mock.patch.object(dist, "get_world_size", return_value=1),
-        mock.patch.object(dist, "get_rank", return_value=0),
-        mock.patch.object(distributed_c10d, "_process_group_name", side_effect=_private_group_name),
-    ):
-        yield
+    default_group = distributed_c10d._get_default_group()
+    bound_device = default_group.bound_device_id
+    default_group.bound_device_id = None
+    try:
+        with (
+            mock.patch.object(dist, "get_world_size", return_value=1),
+            mock.patch.object(dist, "get_rank", return_value=0),
+            mock.patch.object(distributed_c10d, "_process_group_name", side_effect=_private_group_name),
+            mock.patch.dict(os.environ, {"VLLM_DISTRIBUTED_USE_SPLIT_GROUP": "0"}),
+        ):
+            yield
+    finally:
+        default_group.bound_device_id = bound_device
+
+
+def engine_device_context(device: str) -> contextlib.AbstractContextManager[Any]:
+    """The context every engine call runs in: ``torch.cuda.device(device)`` on CUDA, nothing on CPU.
+
+    In the dedicated mode the engine shares rank 0's process, whose current CUDA device is the trainer's
+    (DeepSpeed sets it); vLLM's device-less ``torch.cuda.current_stream()`` and events would then refer to the
+    trainer's GPU, not the engine's.
+
+    >>> engine_device_context("cuda:3").idx
+    3
+    >>> type(engine_device_context("cpu")).__name__
+    'nullcontext'
+    """
+    parsed = torch.device(device)
+    return torch.cuda.device(parsed) if parsed.type == "cuda" else contextlib.nullcontext()
 
 
 _private_group_ids = itertools.count()
 
 
 def _private_group_name(ranks: list[int], use_hashed_name: bool) -> str:
-    """A process-group name no trainer group can take (torch's own names are counters or rank hashes)."""
-    return f"openrs_vllm_engine_{next(_private_group_ids)}"
+    """A process-group name no trainer group can take (torch's own names are counters or rank hashes).
+
+    It carries the real global rank: in the colocate mode every rank starts an engine, and groups are keyed by
+    name in the store all ranks share.
+    """
+    return f"openrs_vllm_engine_rank{distributed_c10d.get_rank()}_{next(_private_group_ids)}"
 
 
 def to_generation_output(outputs: list[RequestOutput], repeat: int = 1) -> GenerationOutput:
@@ -217,7 +254,7 @@ def to_generation_output(outputs: list[RequestOutput], repeat: int = 1) -> Gener
             finished.append(sample.finish_reason == "stop")
             # With logprobs=0 vLLM returns one {token_id: Logprob} dict per generated token, holding the sampled one.
             assert sample.logprobs is not None, "requested logprobs=0 but vLLM returned none"
-            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)])
+            logprobs.append([step[token].logprob for step, token in zip(sample.logprobs, ids, strict=True)])  # type: ignore[index]
     return GenerationOutput(completion_ids=completion_ids, finished=finished, logprobs=logprobs)
 
 
@@ -262,10 +299,10 @@ class VLLMEngine:
                 "or use rollout.engine=hf"
             ) from error
         try:
-            with _as_single_process():
+            with self._on_device(), _as_single_process():
                 self.llm = LLM(
                     model=str(model),
-                    dtype=self.config.dtype,
+                    dtype=self.config.dtype,  # type: ignore[arg-type]
                     gpu_memory_utilization=self.config.gpu_memory_utilization,
                     kv_cache_memory_bytes=self.config.kv_cache_memory_bytes,
                     max_model_len=self.config.max_model_len,
@@ -281,6 +318,10 @@ class VLLMEngine:
                 f"vLLM engine failed to start for model {model!r} on {self.device}: {type(error).__name__}: "
                 f"{error}\nLikely fix: {startup_hint(error)}"
             ) from error
+
+    def _on_device(self) -> contextlib.AbstractContextManager[Any]:
+        """The engine's own device for the duration of one engine call (see :func:`engine_device_context`)."""
+        return engine_device_context(self.device)
 
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Sample ``sampling.n`` completions per prompt, grouped per prompt in order, with sampler log-probs."""
@@ -298,9 +339,10 @@ class VLLMEngine:
             logprobs=0,  # the sampled token's log-prob only
             detokenize=False,  # the rollout decodes with its own tokenizer
         )
-        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]
+        prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]  # type: ignore[typeddict-item]
         self.wake_up()
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        with self._on_device():
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return to_generation_output(outputs, repeat=greedy_repeat)
 
     def sync_weights(self, policy: nn.Module, force: bool = False) -> None:
@@ -314,9 +356,9 @@ class VLLMEngine:
             return
         start = time.perf_counter()
         self.wake_up()
-        with torch.no_grad():
+        with self._on_device(), torch.no_grad():
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named_weights(policy)})
-        self.llm.reset_prefix_cache()
+            self.llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - start
         self.num_syncs += 1
 
@@ -326,7 +368,8 @@ class VLLMEngine:
         vLLM's shutdown destroys its own groups and then the default process group, which it assumes it created.
         """
         if not self._borrows_default_group:
-            self.llm.llm_engine.engine_core.shutdown()
+            with self._on_device():
+                self.llm.llm_engine.engine_core.shutdown()
             return
         destroy = dist.destroy_process_group
 
@@ -334,18 +377,20 @@ class VLLMEngine:
             if group is not None:
                 destroy(group)
 
-        with mock.patch.object(dist, "destroy_process_group", side_effect=destroy_own_groups_only):
+        with self._on_device(), mock.patch.object(dist, "destroy_process_group", side_effect=destroy_own_groups_only):
             self.llm.llm_engine.engine_core.shutdown()
 
     def sleep(self) -> None:
         """Colocate mode: free the KV cache and offload weights to host memory until the next call."""
         if self.config.enable_sleep_mode and not self._asleep:
             # Level 1 keeps a host copy of every weight and buffer (e.g. rotary caches that no sync rewrites).
-            self.llm.sleep(level=1)
+            with self._on_device():
+                self.llm.sleep(level=1)
             self._asleep = True
 
     def wake_up(self) -> None:
         """Undo :meth:`sleep` (no-op when awake or without sleep mode)."""
         if self._asleep:
-            self.llm.wake_up()
+            with self._on_device():
+                self.llm.wake_up()
             self._asleep = False

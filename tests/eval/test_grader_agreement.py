@@ -1,4 +1,4 @@
-"""Our grader vs the Qwen2.5-Math evaluator's verdicts on real completions (``shared/data/completions``).
+"""Our grader vs the Qwen2.5-Math evaluator's verdicts on real completions (a folder of JSONL files).
 
 Grades a fixed every-8th-row subsample (~1,000 rows, ~1-2 min on 2 cores) and asserts per-benchmark agreement
 floors one point below what that subsample measured; ``scripts/grader_agreement.py`` runs all ~8,000 rows and

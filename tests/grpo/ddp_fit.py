@@ -1,7 +1,7 @@
 """Run by tests/grpo/test_ddp.py: a 2-process DDP fit (gloo) through the CLI that records what each rank saw.
 
 Lightning's DDP launcher re-executes this script once per extra rank, so it must be a script, not a test.
-Usage: python tests/grpo/ddp_fit.py MODEL_DIR DATA_JSONL OUT_DIR
+Usage: python tests/grpo/ddp_fit.py MODEL_DIR DATA_JSONL OUT_DIR [--resume CKPT] [EXTRA CLI ARGS...]
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from openrs_pl.cli import cli_main
+from openrs_pl.rollout.types import ROLLOUT_KEY
 
 
 class Recorder(L.Callback):
@@ -23,7 +24,7 @@ class Recorder(L.Callback):
     def __init__(self, out: Path) -> None:
         self.out = out
         self.problems: list[str] = []
-
+        self.rollouts: list[dict[str, list]] = []  # per step: what this rank handed the loss
         self.initial_sha256 = ""
 
     def on_train_start(self, trainer, pl_module) -> None:
@@ -32,8 +33,21 @@ class Recorder(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.problems.extend(batch["problem"])
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        rollout = batch[ROLLOUT_KEY]
+        self.rollouts.append(
+            {
+                "rewards": rollout.rewards.tolist(),
+                "advantages": rollout.advantages.tolist(),
+                "tokens": [int(rollout.completion_mask.sum())],
+                # A collective: every rank calls it here, as training_step does.
+                "global_active_tokens": [pl_module._global_active_tokens(rollout)],
+            }
+        )
+
     def on_train_end(self, trainer, pl_module) -> None:
         record = {
+            "rollouts": self.rollouts,
             "problems": self.problems,
             "initial_sha256": self.initial_sha256,
             "weights_sha256": weights_sha256(pl_module.policy),
@@ -50,20 +64,24 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def main(model_dir: str, data: str, out: str) -> None:
+def main(model_dir: str, data: str, out: str, *extra: str) -> None:
+    ckpt_path = None
+    if extra[:1] == ("--resume",):  # fit(ckpt_path=...): with run=False the CLI has no --ckpt_path
+        ckpt_path, extra = extra[1], extra[2:]
     args = [
-        "--config", "configs/tiny_cpu.yaml", "--model.model", model_dir, "--data.source", data,
+        "--config", "configs/tiny_cpu.yaml", "--model.name_or_path", model_dir, "--data.source", data,
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
         "--trainer.default_root_dir", out, "--trainer.logger.init_args.save_dir", out,
-        "--trainer.enable_progress_bar", "false", "--model.generation.max_completion_length", "8",
+        "--trainer.enable_progress_bar", "false", "--rollout.max_completion_length", "8",
         "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "6", "--model.optim.lr", "1e-3",
         # Length-dependent scores for wrong answers: non-zero advantages even for a random model.
-        "--model.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
+        "--rollout.rewards", "[{name: cosine, kwargs: {max_len: 20, gold_field: answer}}]",
+        *extra,
     ]  # fmt: skip
     cli = cli_main(args, run=False)
     cli.trainer.callbacks.append(Recorder(Path(out)))
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

@@ -10,10 +10,9 @@ import torch
 from torch import Tensor, nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from openrs_pl.grpo.logprobs import completion_logprobs, selective_log_softmax
 from openrs_pl.grpo.loss import (
     clipped_surrogate,
-    completion_logprobs,
-    group_advantages,
     grpo_loss,
     k3_kl,
     logprob_gap,
@@ -22,9 +21,9 @@ from openrs_pl.grpo.loss import (
     normalize_dapo,
     normalize_dr_grpo,
     normalize_grpo,
-    selective_log_softmax,
 )
 from openrs_pl.grpo.objectives import sampler_is_weights
+from openrs_pl.rollout.advantages import group_advantages
 
 E = math.e
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]

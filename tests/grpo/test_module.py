@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from openrs_pl.grpo.config import GenerationConfig, GRPOConfig, OptimConfig
+from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.loss import grpo_loss
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.assemble import assemble_rollout
-from openrs_pl.rollout.types import GenerationOutput, RolloutBatch
+from openrs_pl.rollout.callback import RolloutCallback
+from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
 
 
 class InjectRollout(L.Callback):
@@ -24,17 +25,20 @@ class InjectRollout(L.Callback):
         self.rollout = rollout
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        batch["rollout"] = self.rollout
+        batch[ROLLOUT_KEY] = self.rollout
 
 
 def make_module(model_dir: Path, beta: float = 0.0, lr: float = 1e-2, **grpo: object) -> GRPOModule:
-    return GRPOModule(
-        model=str(model_dir),
-        rewards=[RewardSpec("format")],
-        grpo=GRPOConfig(num_generations=2, micro_batch_size=2, beta=beta, **grpo),
-        generation=GenerationConfig(temperature=1.0, max_completion_length=8),
+    grpo = {"micro_batch_size": 2} | grpo
+    module = GRPOModule(
+        name_or_path=str(model_dir),
+        grpo=GRPOConfig(beta=beta, **grpo),
         optim=OptimConfig(lr=lr, warmup_ratio=0.0, min_lr_rate=1.0),
+        temperature=1.0,
+        max_completion_length=8,
     )
+    module.configure_model()
+    return module
 
 
 def fixed_rollout(module: GRPOModule, advantages: list[float]) -> RolloutBatch:
@@ -108,33 +112,29 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
+    ("build", "message"),
     [
-        ({"rewards": [RewardSpec("no_such_reward")]}, "no_such_reward"),
-        ({"rewards": []}, "rewards is empty"),
-        ({"model": "./does/not/exist"}, "does not exist"),
+        (lambda d: RolloutCallback(rewards=[RewardSpec("no_such_reward")]), "no_such_reward"),
+        (lambda d: RolloutCallback(rewards=[]), "rewards is empty"),
+        (lambda d: RolloutCallback(rewards=[RewardSpec("format")], num_generations=1), "num_generations must be >= 2"),
+        (lambda d: GRPOModule(name_or_path="./does/not/exist"), "does not exist"),
+        (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in configure_model
     ],
 )
-def test_bad_config_fails_before_loading(tiny_model_dir: Path, kwargs: dict, message: str, monkeypatch) -> None:
+def test_bad_config_fails_before_loading(tiny_model_dir: Path, build, message: str, monkeypatch) -> None:
     def no_loading(*args, **kw):
         raise AssertionError("a model was loaded before the config was validated")
 
     monkeypatch.setattr("openrs_pl.grpo.module.AutoModelForCausalLM.from_pretrained", no_loading)
     monkeypatch.setattr("openrs_pl.grpo.module.AutoTokenizer.from_pretrained", no_loading)
-    args = {"model": str(tiny_model_dir), "rewards": [RewardSpec("format")]} | kwargs
-    with pytest.raises(ValueError, match=message):
-        GRPOModule(**args)
-
-
-def test_num_generations_below_two_is_rejected() -> None:
-    with pytest.raises(ValueError, match="num_generations must be >= 2"):
-        GRPOConfig(num_generations=1)
+    with pytest.raises((ValueError, AttributeError), match=message):
+        build(tiny_model_dir)
 
 
 def test_batch_must_split_into_micro_batches() -> None:
-    with pytest.raises(ValueError, match="not divisible by grpo.micro_batch_size"):
-        GRPOConfig(num_generations=6, micro_batch_size=5).check_batch(prompts_per_step=4)
-    GRPOConfig(num_generations=6, micro_batch_size=6).check_batch(prompts_per_step=4)  # the recipe: 24 = 4 x 6
+    with pytest.raises(ValueError, match="not divisible by model.grpo.micro_batch_size"):
+        GRPOConfig(micro_batch_size=5).check_batch(24)
+    GRPOConfig(micro_batch_size=6).check_batch(24)  # the recipe: 4 prompts x 6 completions
 
 
 def test_export_is_a_plain_hf_folder(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_deepspeed_gets_the_clip_norm_in_its_config(tiny_model_dir: Path) -> Non
     strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)
     strategy.config = {"zero_optimization": {"stage": 2}}
     module = make_module(tiny_model_dir)
-    module.optim.max_grad_norm = 1.0
+    assert module.optim.max_grad_norm == 1.0
     module.trainer = SimpleNamespace(strategy=strategy, datamodule=None)  # type: ignore[assignment]
     module.setup("fit")
     assert strategy.config["gradient_clipping"] == 1.0
@@ -187,7 +187,7 @@ def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path,
     with torch.no_grad():  # the pre-step policy's entropies at the completion positions, computed independently
         logits = module.policy(input_ids=input_ids, attention_mask=attention).logits
         logits = logits[:, -rollout.completion_ids.size(1) - 1 : -1]  # position j predicts completion token j
-        expected_entropy = token_entropy(logits / module.generation.temperature)
+        expected_entropy = token_entropy(logits / module.temperature)
     fit_one_step(module, rollout, tmp_path)
     (kwargs,) = calls
     for name, value in options.items():
@@ -248,8 +248,7 @@ def test_entropy_bonus_is_averaged_over_micro_batches(
 
     calls: list[dict] = []
     monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
-    module = make_module(tiny_model_dir, loss_type=loss_type, entropy_coef=0.2)
-    module.grpo.micro_batch_size = 1
+    module = make_module(tiny_model_dir, loss_type=loss_type, entropy_coef=0.2, micro_batch_size=1)
     fit_one_step(module, fixed_rollout(module, [1.0, -1.0]), tmp_path)
     assert [k["entropy_coef"] for k in calls] == [pytest.approx(expected)] * 2
 

@@ -207,6 +207,8 @@ def test_recipe_configs_keep_every_newer_option_off(name: str) -> None:
     grpo = GRPOConfig(**config["model"].get("grpo", {}))
     assert grpo.loss_type == "bnpo" and grpo.importance_sampling_level == "token" and grpo.delta is None
     assert not grpo.use_bias_correction_kl and not grpo.vllm_importance_sampling_correction
-    assert not grpo.dynamic_sampling and grpo.off_policy_mask_threshold is None and not grpo.needs_entropies
-    assert grpo.multi_objective_aggregation == "sum_then_normalize"
-    assert "overlong" not in {r["name"] for r in config["model"]["rewards"]}
+    assert grpo.off_policy_mask_threshold is None and not grpo.needs_entropies
+    rollout = config.get("rollout", {})
+    assert not rollout.get("dynamic_sampling", False)
+    assert rollout.get("multi_objective_aggregation", "sum_then_normalize") == "sum_then_normalize"
+    assert "overlong" not in {r["name"] for r in rollout["rewards"]}

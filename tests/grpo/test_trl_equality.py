@@ -242,9 +242,15 @@ def test_config_loss_options_are_grpo_loss_keywords_with_trl_defaults() -> None:
     for name in ("importance_sampling_level", "delta", "off_policy_mask_threshold", "top_entropy_quantile",
                  "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg",
                  "vespo_lambda_neg", "entropy_coef", "use_adaptive_entropy", "entropy_coef_min", "entropy_coef_max",
-                 "entropy_coef_delta", "entropy_target", "multi_objective_aggregation", "vllm_importance_sampling_mode",
+                 "entropy_coef_delta", "entropy_target", "vllm_importance_sampling_mode",
                  "vllm_importance_sampling_clip_min", "vllm_importance_sampling_clip_max"):  # fmt: skip
         assert getattr(ours, name) == getattr(trl, name), name
+    import inspect
+
+    from openrs_pl.rollout.callback import RolloutCallback
+
+    rollout_default = inspect.signature(RolloutCallback).parameters["multi_objective_aggregation"].default
+    assert rollout_default == trl.multi_objective_aggregation  # the advantage side lives on the rollout callback
     # Recipe-exact where TRL 1.16 changed its default: no bias-corrected KL, no vLLM IS correction.
     assert ours.use_bias_correction_kl is False and trl.use_bias_correction_kl is True
     assert ours.vllm_importance_sampling_correction is False
@@ -260,8 +266,8 @@ def test_advantages_equal_trl_formulas() -> None:
     ``_generate_and_score_completions``, with TRL's own ``nanstd``), including a None (NaN) reward."""
     from trl.trainer.utils import nanstd
 
-    from openrs_pl.grpo.loss import group_advantages
     from openrs_pl.grpo.objectives import gdpo_advantages
+    from openrs_pl.rollout.advantages import group_advantages
 
     g, weights = 3, torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     per_func = torch.rand(12, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 4

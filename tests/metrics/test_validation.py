@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.metrics.validation import ValidationPassAtK
+from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
 
 
@@ -25,6 +26,8 @@ class TinyPolicyModule(L.LightningModule):
         super().__init__()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.policy = AutoModelForCausalLM.from_pretrained(model_dir)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        self.name_or_path = str(model_dir)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self.policy.model.embed_tokens.weight.sum() * 0.0 + batch.sum() * 0.0
@@ -36,14 +39,21 @@ class TinyPolicyModule(L.LightningModule):
         return torch.utils.data.DataLoader(torch.zeros(16, 1), batch_size=1)
 
 
+def policy_stub(tokenizer) -> SimpleNamespace:
+    """The rollout side's view of a module (PolicySource), without a model: the scripted engine needs none."""
+    return SimpleNamespace(
+        policy=None, tokenizer=tokenizer, pad_token_id=tokenizer.pad_token_id, name_or_path="", device="cpu"
+    )
+
+
 def test_pass_at_1_through_the_rollout_engine(tiny_model_dir: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     benches = ["aime24", "amc23"]
     callback = ValidationPassAtK(benchmarks=benches, num_problems=3, samples=4, max_tokens=64)
-    rollout = RolloutCallback(engine="hf")
+    rollout = RolloutCallback(rewards=[RewardSpec("format")], engine="hf")
     rollout.engine = ScriptedEngine(tokenizer, {r["problem"]: r["answer"] for b in benches for r in load_benchmark(b)})
     trainer = SimpleNamespace(global_step=7, global_rank=0, world_size=1, callbacks=[callback, rollout])
-    module = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"))
+    module = policy_stub(tokenizer)
     scores = callback.evaluate(trainer, module)  # type: ignore[arg-type]
     # The engine answers 1 of 4 samples right on every problem: pass@1 is exactly 1/4 everywhere.
     assert {k: round(v.item(), 6) for k, v in scores.items()} == {
@@ -60,11 +70,11 @@ def test_rank_slices_cover_each_problem_once(tiny_model_dir: Path) -> None:
     asked = []
     for rank in range(2):
         engine = ScriptedEngine(tokenizer, {r["problem"]: r["answer"] for r in load_benchmark("aime24")})
-        rollout = RolloutCallback(engine="hf")
+        rollout = RolloutCallback(rewards=[RewardSpec("format")], engine="hf")
         rollout.engine = engine
         # No process group is initialised, so the metric does not gather: each rank's own slice is scored.
         trainer = SimpleNamespace(global_step=1, global_rank=rank, world_size=2, callbacks=[rollout])
-        module = SimpleNamespace(tokenizer=tokenizer, device=torch.device("cpu"))
+        module = policy_stub(tokenizer)
         callback.evaluate(trainer, module)  # type: ignore[arg-type]
         asked.append({p for p in engine.problems if any(p in tokenizer.decode(ids) for ids in engine.prompts)})
     assert [len(a) for a in asked] == [3, 2]
@@ -94,3 +104,20 @@ def test_logs_on_schedule_during_fit(tiny_model_dir: Path, tmp_path: Path) -> No
             values = [float(r["val/pass@1/aime24"]), float(r["val/pass@1/amc23"])]
             assert float(r["val/pass@1/avg"]) == pytest.approx(sum(values) / 2)
     assert "val/pass@1/avg" in trainer.callback_metrics
+
+
+def test_checks_when_global_step_jumps_over_a_multiple() -> None:
+    """num_iterations = 3 advances global_step by 3 per batch: checks at 6, 12, 15 (first steps at/past 5, 10, 15)."""
+    callback = ValidationPassAtK(benchmarks=["aime24"], num_problems=1, every_n_steps=5)
+    checked = []
+
+    def fake_evaluate(trainer, pl_module):
+        callback._last_step = trainer.global_step
+        checked.append(trainer.global_step)
+        return {}
+
+    callback.evaluate = fake_evaluate  # type: ignore[method-assign]
+    callback._write_to_loggers = lambda trainer, scores: None  # type: ignore[method-assign]
+    for step in range(0, 16, 3):
+        callback.on_train_batch_start(SimpleNamespace(global_step=step), None, None, 0)  # type: ignore[arg-type]
+    assert checked == [6, 12, 15]

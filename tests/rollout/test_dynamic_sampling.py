@@ -7,8 +7,7 @@ from typing import Any
 
 import torch
 
-from openrs_pl.grpo.config import GRPOConfig
-from openrs_pl.rewards.reward_set import RewardResult
+from openrs_pl.rewards.reward_set import RewardResult, RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, informative_groups, prompt_batches
 from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
@@ -78,6 +77,26 @@ def test_prompt_batches_is_endless_and_covers_the_shard() -> None:
     assert len(next(stream)["prompt_ids"]) == 2  # a second epoch follows
 
 
+def fake_module(logged: dict[str, float], **extra: Any) -> SimpleNamespace:
+    """The PolicySource the callback reads, plus the logging it calls."""
+    return SimpleNamespace(
+        policy=None,
+        tokenizer=SimpleNamespace(batch_decode=lambda ids, **kw: ["" for _ in ids]),
+        pad_token_id=0,
+        name_or_path="fake",
+        device=torch.device("cpu"),
+        log_dict=lambda d, **kw: logged.update(d),
+        log=lambda *a, **kw: None,
+        **extra,
+    )
+
+
+def callback_with(reward_set: Any, **kwargs: Any) -> RolloutCallback:
+    callback = RolloutCallback(rewards=[RewardSpec("format")], num_generations=G, seed=0, **kwargs)
+    callback.reward_set = reward_set
+    return callback
+
+
 class ParityEngine:
     """Prompt k: G completions [k, j]; odd k get completions j = 0..G-1 (rewards differ), even k all j = 0."""
 
@@ -98,37 +117,29 @@ def parity_rewards(texts: list[str], prompts: list[str], columns: dict, completi
 def test_rollout_callback_refills_the_batch() -> None:
     """Through RolloutCallback: even prompts (zero signal) are swapped for odd ones from the extra stream."""
     logged: dict[str, float] = {}
-    module = SimpleNamespace(
-        grpo=GRPOConfig(num_generations=G, dynamic_sampling=True, dynamic_sampling_max_draws=8),
-        tokenizer=SimpleNamespace(batch_decode=lambda ids, **kw: ["" for _ in ids]),
-        reward_set=parity_rewards,
-        pad_token_id=0,
-        device=torch.device("cpu"),
-        log_dict=lambda d, **kw: logged.update(d),
-        log=lambda *a, **kw: None,
-    )
+    module = fake_module(logged)
     rows = [{"prompt_ids": [k], "answer": str(k)} for k in range(40)]
     trainer = SimpleNamespace(world_size=1, global_rank=0, datamodule=SimpleNamespace(rows=rows))
-    callback = RolloutCallback(seed=0)
+    callback = callback_with(parity_rewards, dynamic_sampling=True, dynamic_sampling_max_draws=8)
     callback.engine = engine = ParityEngine()
     batch = {"prompt_ids": [[0], [1], [2], [4]], "answer": ["0", "1", "2", "4"]}  # one informative prompt of 4
     sampling = SamplingConfig(n=G, seed=0)
-    rollout = callback._score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
     prompts = rollout.prompt_ids[::G, -1].tolist()
     assert len(prompts) == 4 and prompts[0] == 1 and all(k % 2 for k in prompts)
     assert rollout.advantages.abs().min() > 0  # every group has signal
     assert logged["train/dynamic_sampling/draws"] == engine.calls - 1 >= 1
     assert logged["train/dynamic_sampling/filled_with_zero_signal"] == 0
     # Off: the batch is trained as drawn, zero-signal groups included.
-    module.grpo = GRPOConfig(num_generations=G)
-    rollout = callback._score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    callback.dynamic_sampling = False
+    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
     assert rollout.prompt_ids[::G, -1].tolist() == [0, 1, 2, 4]
 
 
 def test_rollout_callback_gdpo_advantages() -> None:
     """multi_objective_aggregation=normalize_then_sum: the callback's advantages are GDPO's, not the summed GRPO."""
-    from openrs_pl.grpo.loss import group_advantages
     from openrs_pl.grpo.objectives import gdpo_advantages
+    from openrs_pl.rollout.advantages import group_advantages
 
     per_func = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 10.0], [1.0, 0.0]])  # two rewards of different scale
     weights = torch.tensor([1.0, 2.0])
@@ -137,21 +148,14 @@ def test_rollout_callback_gdpo_advantages() -> None:
         return RewardResult(total=(per_func * weights).sum(1), per_func=per_func, names=("a", "b"), stats={})
 
     two_rewards.weights = weights  # type: ignore[attr-defined]
-    module = SimpleNamespace(
-        grpo=GRPOConfig(num_generations=G, multi_objective_aggregation="normalize_then_sum"),
-        tokenizer=SimpleNamespace(batch_decode=lambda ids, **kw: ["" for _ in ids]),
-        reward_set=two_rewards,
-        pad_token_id=0,
-        log_dict=lambda d, **kw: None,
-        log=lambda *a, **kw: None,
-    )
+    module = fake_module({})
     trainer = SimpleNamespace(world_size=1, global_rank=0)
     generation = GenerationOutput(completion_ids=[[1], [2], [3], [4]], finished=[True] * 4)
-    sampling = SamplingConfig(n=G)
-    rollout = RolloutCallback()._score(trainer, module, {"prompt_ids": [[5], [6]]}, generation, sampling)
+    callback = callback_with(two_rewards, multi_objective_aggregation="normalize_then_sum")
+    rollout = callback.score(trainer, module, {"prompt_ids": [[5], [6]]}, generation)
     torch.testing.assert_close(rollout.advantages, gdpo_advantages(per_func, weights, G))
-    module.grpo = GRPOConfig(num_generations=G)  # the default sums first: plain group advantages of the total
-    rollout = RolloutCallback()._score(trainer, module, {"prompt_ids": [[5], [6]]}, generation, sampling)
+    callback.multi_objective_aggregation = "sum_then_normalize"  # the default: plain group advantages of the total
+    rollout = callback.score(trainer, module, {"prompt_ids": [[5], [6]]}, generation)
     torch.testing.assert_close(rollout.advantages, group_advantages((per_func * weights).sum(1), G))
     assert not torch.allclose(rollout.advantages, gdpo_advantages(per_func, weights, G))
 
@@ -166,23 +170,15 @@ def test_full_rank_keeps_drawing_while_another_rank_misses_groups() -> None:
         reduce_ops.append(reduce_op)
         return tensor + 1  # the other rank's missing count
 
-    module = SimpleNamespace(
-        grpo=GRPOConfig(num_generations=G, dynamic_sampling=True, dynamic_sampling_max_draws=3),
-        tokenizer=SimpleNamespace(batch_decode=lambda ids, **kw: ["" for _ in ids]),
-        reward_set=parity_rewards,
-        pad_token_id=0,
-        device=torch.device("cpu"),
-        log_dict=lambda d, **kw: logged.update(d),
-        log=lambda *a, **kw: None,
-    )
+    module = fake_module(logged)
     rows = [{"prompt_ids": [k], "answer": str(k)} for k in range(40)]
     trainer = SimpleNamespace(
         world_size=2, global_rank=0, datamodule=SimpleNamespace(rows=rows), strategy=SimpleNamespace(reduce=reduce)
     )
-    callback = RolloutCallback(seed=0)
+    callback = callback_with(parity_rewards, dynamic_sampling=True, dynamic_sampling_max_draws=3)
     callback.engine = engine = ParityEngine()
     batch = {"prompt_ids": [[1], [3]], "answer": ["1", "3"]}
     sampling = SamplingConfig(n=G, seed=0)
-    rollout = callback._score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
     assert logged["train/dynamic_sampling/draws"] == 3 and engine.calls == 4 and reduce_ops == ["sum"] * 3
     assert rollout.prompt_ids[::G, -1].tolist() == [1, 3]

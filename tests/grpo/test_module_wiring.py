@@ -1,0 +1,209 @@
+"""The wiring between a rollout and the loss: real optimizer steps of GRPOModule against an independent computation.
+
+Each test runs ``trainer.fit`` on a hand-made rollout with ``num_iterations = 2`` (so the second pass has ratios
+away from 1 and the clip ranges matter), captures the policy's weights and gradient just before each optimizer
+step, and compares them (and the logged loss/KL) with ``grpo_loss`` called directly on log-probs computed here from
+separately loaded models: old log-probs from the weights before the first step, reference log-probs from the
+untouched checkpoint. So a module that forgets to pass a setting to the loss, scores the reference with the
+policy, drops the accumulation scale or skips the old log-probs fails here, not only in production.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM
+
+from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+from openrs_pl.grpo.logprobs import completion_logprobs
+from openrs_pl.grpo.loss import grpo_loss
+from openrs_pl.grpo.module import GRPOModule
+from openrs_pl.rollout.assemble import assemble_rollout
+from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
+
+TEMPERATURE = 0.7
+MAX_COMPLETION_LENGTH = 16  # the config value; the rollout's padded completion length is 5
+
+
+class InjectAndCapture(L.Callback):
+    """Hands the module a fixed rollout and records the gradient and metrics of every optimizer step."""
+
+    def __init__(self, rollout: RolloutBatch) -> None:
+        self.rollout = rollout
+        self.grads: list[dict[str, Tensor]] = []
+        self.weights: list[dict[str, Tensor]] = []  # the weights each pass's forward used
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        batch[ROLLOUT_KEY] = self.rollout
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.policy.named_parameters()})
+        self.weights.append({k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()})
+
+
+def perturb(model: nn.Module, seed: int = 0, scale: float = 0.05) -> nn.Module:
+    """Move a model away from the checkpoint, the same way every time (the policy after some training)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * scale)
+    return model
+
+
+def make_rollout(pad_token_id: int, eos: int) -> RolloutBatch:
+    """2 prompts x G=2 completions of different lengths; the third hit the length limit; sampler log-probs given."""
+    prompts = [[11, 12, 13], [21, 22]]
+    completions = [[31, 32, eos], [33, 34, 35, 36, eos], [37, 38, 39, 40, 41], [42, eos]]
+    gen = torch.Generator().manual_seed(1)
+    sampler = [(-2.0 - torch.rand(len(c), generator=gen)).tolist() for c in completions]
+    output = GenerationOutput(completion_ids=completions, finished=[True, True, False, True], logprobs=sampler)
+    rewards = torch.tensor([1.0, 0.0, 0.5, 2.0])
+    advantages = torch.tensor([0.9, -0.6, -1.2, 0.7])
+    return assemble_rollout(prompts, output, rewards, rewards[:, None], advantages, 2, pad_token_id)
+
+
+def make_module(model_dir: Path, micro_batch_size: int = 2, lr: float = 1e-2, **grpo: object) -> GRPOModule:
+    module = GRPOModule(
+        name_or_path=str(model_dir),
+        grpo=GRPOConfig(micro_batch_size=micro_batch_size, **grpo),  # type: ignore[arg-type]
+        optim=OptimConfig(lr=lr, warmup_ratio=0.0, min_lr_rate=1.0, max_grad_norm=None),
+        temperature=TEMPERATURE,
+        max_completion_length=MAX_COMPLETION_LENGTH,
+        torch_dtype="float32",
+    )
+    module.configure_model()
+    perturb(module.policy)
+    return module
+
+
+def fit_one_step(module: GRPOModule, rollout: RolloutBatch, tmp_path: Path) -> InjectAndCapture:
+    capture = InjectAndCapture(rollout)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[capture], default_root_dir=tmp_path, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
+    module.trainer_metrics = dict(trainer.callback_metrics)  # type: ignore[assignment]
+    return capture
+
+
+def logprobs(model: nn.Module, rollout: RolloutBatch) -> Tensor:  # [N, L]
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
+    return completion_logprobs(model, ids, mask, rollout.completion_ids.shape[1], temperature=TEMPERATURE)
+
+
+def load(model_dir: Path, weights: dict[str, Tensor] | None = None) -> nn.Module:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if weights is not None:
+        model.load_state_dict(weights)
+    return model
+
+
+def expected_pass(
+    model_dir: Path, weights: dict[str, Tensor], old_weights: dict[str, Tensor], rollout: RolloutBatch, **cfg: object
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Gradient, loss and KL of one optimizer pass (micro-batches of 2), computed from scratch with ``grpo_loss``."""
+    policy = load(model_dir, weights)
+    beta = float(cfg.get("beta", 0.04))  # type: ignore[arg-type]
+    loss_type = cfg.get("loss_type", "bnpo")
+    mask_truncated = bool(cfg.get("mask_truncated_completions", False))
+    tis_cap = cfg.get("tis_cap")
+    with torch.no_grad():
+        ref = logprobs(load(model_dir).eval(), rollout) if beta > 0 else None  # the frozen checkpoint
+        old = logprobs(load(model_dir, old_weights), rollout)  # the policy before this generation batch's steps
+    valid = rollout.completion_mask.bool() & ~(rollout.truncated[:, None] & mask_truncated)
+    micro_batch_size = 2
+    n_micro = rollout.num_completions // micro_batch_size
+    losses, kls = [], []
+    for start in range(0, rollout.num_completions, micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        mb = rollout.select(rows)
+        weights_is = None
+        if tis_cap is not None:
+            weights_is = torch.clamp(torch.exp(old[rows] - mb.sampler_logprobs), max=float(tis_cap))  # type: ignore[arg-type,operator]
+        out = grpo_loss(
+            logprobs(policy, mb),
+            old[rows],
+            ref[rows] if ref is not None else None,
+            mb.advantages,
+            mb.completion_mask,
+            loss_type=loss_type,  # type: ignore[arg-type]
+            beta=beta,
+            epsilon=float(cfg.get("epsilon", 0.2)),  # type: ignore[arg-type]
+            epsilon_high=cfg.get("epsilon_high"),  # type: ignore[arg-type]
+            max_completion_length=MAX_COMPLETION_LENGTH,
+            num_active_tokens=float(valid.sum()),
+            truncated=mb.truncated,
+            mask_truncated_completions=mask_truncated,
+            is_weights=weights_is,
+        )
+        scale = 1.0 if loss_type == "dapo" else 1.0 / n_micro
+        (out.loss * scale).backward()
+        losses.append(out.loss.detach())
+        kls.append(out.kl)
+    grads = {n: p.grad for n, p in policy.named_parameters()}
+    return grads, torch.stack(losses).mean(), torch.stack(kls).mean()
+
+
+CASES = {
+    "bnpo": {"loss_type": "bnpo"},
+    "grpo": {"loss_type": "grpo"},
+    "dr_grpo": {"loss_type": "dr_grpo"},
+    "dapo": {"loss_type": "dapo"},
+    "epsilon_high": {"loss_type": "bnpo", "epsilon": 0.1, "epsilon_high": 0.3},
+    "mask_truncated": {"loss_type": "bnpo", "mask_truncated_completions": True},
+    "tis_cap": {"loss_type": "bnpo", "tis_cap": 1.5},
+    "beta": {"loss_type": "grpo", "beta": 0.3},
+    "beta0": {"loss_type": "grpo", "beta": 0.0},
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_step_gradients_equal_direct_grpo_loss(tiny_model_dir: Path, tmp_path: Path, case: str) -> None:
+    cfg = CASES[case]
+    module = make_module(tiny_model_dir, num_iterations=2, **cfg)
+    rollout = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+    captured = fit_one_step(module, rollout, tmp_path)
+    assert len(captured.grads) == 2, "num_iterations=2: two optimizer steps on one generation batch"
+    initial = captured.weights[0]
+    for step in range(2):
+        grads, loss, kl = expected_pass(tiny_model_dir, captured.weights[step], initial, rollout, **cfg)
+        for name, got in captured.grads[step].items():
+            torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=1e-7, msg=f"pass {step} {name}")
+    metrics = module.trainer_metrics  # type: ignore[attr-defined]
+    # Logged values are those of the last pass.
+    torch.testing.assert_close(metrics["train/loss"], loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(metrics["train/kl"], kl, rtol=1e-5, atol=1e-8)
+    if cfg.get("beta", 0.04) > 0:  # type: ignore[operator]
+        # The policy was moved away from the base model, so the KL to the frozen reference is positive.
+        assert metrics["train/kl"] > 1e-4
+    # The second pass's ratios left the clip range somewhere, so the clip settings were exercised.
+    assert metrics["train/clip_ratio"] > 0
+
+
+def test_accumulated_micro_batches_equal_one_full_batch(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """grpo's per-sequence mean: 2 micro-batches of 2 give exactly the gradient of one batch of 4."""
+    grads = {}
+    for size in (2, 4):
+        module = make_module(tiny_model_dir, micro_batch_size=size, lr=1e-3, loss_type="grpo")
+        rollout = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+        grads[size] = fit_one_step(module, rollout, tmp_path / str(size)).grads[0]
+    for name, full in grads[4].items():
+        torch.testing.assert_close(grads[2][name], full, rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_second_iteration_uses_the_old_logprobs(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """num_iterations=2: the second pass's ratio is against the pre-update policy, so a big step gets clipped."""
+    module = make_module(tiny_model_dir, micro_batch_size=4, lr=5e-2, loss_type="bnpo", num_iterations=2, epsilon=0.01)
+    # No sampler log-probs: the old log-probs are computed only because num_iterations > 1.
+    rollout = replace(make_rollout(module.pad_token_id, module.tokenizer.eos_token_id), sampler_logprobs=None)
+    captured = fit_one_step(module, rollout, tmp_path)
+    assert len(captured.grads) == 2, "two optimizer steps on one generation batch"
+    assert module.trainer_metrics["train/clip_ratio"] > 0  # type: ignore[attr-defined]
