@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from openrs_pl.grpo.objectives import token_entropy
+
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
     """``log_softmax(logits / T)`` gathered at ``index``, one row at a time, in at least float32.
@@ -82,7 +84,8 @@ def completion_logprobs(
     completion_len: int,
     temperature: float = 1.0,
     chunk_size: int = 4,
-) -> Tensor:
+    return_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Per-token log-probs of the last ``completion_len`` tokens under a Hugging Face causal LM.
 
     Rows are forwarded ``chunk_size`` at a time with ``logits_to_keep=completion_len + 1``, so only the logits that
@@ -99,9 +102,12 @@ def completion_logprobs(
         completion_len: ``L``, the padded completion length.
         temperature: Logits are divided by it, matching the sampling distribution.
         chunk_size: Rows per forward pass.
+        return_entropy: Also return the ``[B, L]`` entropy of ``softmax(logits / temperature)`` at each position
+            (differentiable; builds one float ``[c, L, V]`` log-softmax per chunk, so only when asked).
 
     Returns:
-        ``[B, L]`` log-probs (float32 or wider); values at padded completion positions are meaningless.
+        ``[B, L]`` log-probs (float32 or wider), or ``(log-probs, entropies)``; values at padded completion
+        positions are meaningless.
     """
     if not 0 < completion_len < input_ids.size(1):
         raise ValueError(f"completion_len must be in [1, {input_ids.size(1) - 1}], got {completion_len}")
@@ -109,7 +115,7 @@ def completion_logprobs(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # [B, P+L]
     targets = input_ids[:, -completion_len:]  # [B, L]
-    chunks = []
+    chunks, entropies = [], []
     for start in range(0, input_ids.size(0), chunk_size):
         rows = slice(start, start + chunk_size)
         logits = model(
@@ -121,4 +127,8 @@ def completion_logprobs(
         ).logits  # [c, L+1, V]
         # The last position predicts the token after the sequence; position j predicts token j + 1.
         chunks.append(selective_log_softmax(logits[:, :-1], targets[rows], temperature))  # [c, L]
+        if return_entropy:
+            entropies.append(token_entropy(logits[:, :-1] / temperature))  # [c, L]
+    if return_entropy:
+        return torch.cat(chunks), torch.cat(entropies)  # [B, L] each
     return torch.cat(chunks)  # [B, L]

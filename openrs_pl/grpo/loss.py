@@ -19,12 +19,24 @@ including EOS) and 0/False on right padding.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-LossType = Literal["grpo", "bnpo", "dr_grpo", "dapo"]
+from openrs_pl.grpo.objectives import (
+    ImportanceSamplingLevel,
+    LossType,
+    cispo_loss,
+    entropy_bonus,
+    high_entropy_mask,
+    log_importance_weights,
+    normalize_luspo,
+    off_policy_mask,
+    ppo_clip_loss,
+    sapo_loss,
+    vespo_weights,
+)
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
@@ -74,8 +86,7 @@ def clipped_surrogate(
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     advantages = advantages.unsqueeze(-1)  # [N, 1]
     ratio = torch.exp(logprobs - old_logprobs)  # [N, L]
-    clipped_ratio = ratio.clamp(1 - epsilon, 1 + epsilon_high)  # [N, L]
-    per_token_loss = -torch.min(ratio * advantages, clipped_ratio * advantages)  # [N, L]
+    per_token_loss = ppo_clip_loss(ratio, advantages, epsilon, epsilon_high)  # [N, L]
     low_clipped = (ratio < 1 - epsilon) & (advantages < 0)  # [N, L]
     high_clipped = (ratio > 1 + epsilon_high) & (advantages > 0)  # [N, L]
     return per_token_loss, low_clipped, high_clipped
@@ -136,6 +147,10 @@ _NORMALIZERS: dict[str, tuple[Callable[..., Tensor], str | None]] = {
     "bnpo": (normalize_bnpo, None),
     "dr_grpo": (normalize_dr_grpo, "max_completion_length"),
     "dapo": (normalize_dapo, "num_active_tokens"),
+    "cispo": (normalize_dapo, "num_active_tokens"),
+    "vespo": (normalize_dapo, "num_active_tokens"),
+    "sapo": (normalize_grpo, None),
+    "luspo": (normalize_luspo, None),
 }
 
 
@@ -153,19 +168,6 @@ def loss_mask(completion_mask: Tensor, truncated: Tensor | None, mask_truncated_
     return mask & ~truncated.bool().unsqueeze(-1)  # [N, L]
 
 
-def truncated_is_weights(old_logprobs: Tensor, sampler_logprobs: Tensor, cap: float = 2.0) -> Tensor:
-    """Truncated importance-sampling weights ``min(exp(old - sampler), cap)`` per token, detached.
-
-    Corrects for the sampler (vLLM) and the trainer computing slightly different log-probs for the same weights
-    (Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"); truncation at
-    ``cap`` bounds the variance. Multiplies the per-token surrogate in :func:`grpo_loss`.
-
-    >>> truncated_is_weights(torch.tensor([[0.0, 0.0]]), torch.tensor([[-0.1, -5.0]]))
-    tensor([[1.1052, 2.0000]])
-    """
-    return torch.exp(old_logprobs - sampler_logprobs).clamp(max=cap).detach()  # [N, L]
-
-
 def logprob_gap(sampler_logprobs: Tensor, trainer_logprobs: Tensor, mask: Tensor) -> Tensor:
     """Mean ``|sampler - trainer|`` log-prob difference over valid tokens, detached (a sampler mismatch metric)."""
     return masked_mean((sampler_logprobs - trainer_logprobs).abs(), mask).detach()
@@ -177,16 +179,24 @@ class LossOutput(NamedTuple):
     loss: Tensor
     """Scalar, differentiable."""
     policy_loss: Tensor
-    """Normalised surrogate part (no KL), detached."""
+    """Normalised surrogate part (no KL, no entropy bonus), detached."""
     kl: Tensor
-    """Mean k3 KL over valid tokens, detached; 0 without reference log-probs (TRL 69ad852e logged per-sequence
-    means averaged over sequences instead, which weighs short completions more)."""
+    """Mean k3 KL over valid tokens (times the ratio with ``use_bias_correction_kl``), detached; 0 without
+    reference log-probs (TRL 69ad852e logged per-sequence means averaged over sequences instead)."""
     clip_ratio_low: Tensor
-    """Fraction of valid tokens clipped at ``1 - epsilon`` with negative advantage."""
+    """Fraction of valid tokens clipped at ``1 - epsilon`` with negative advantage (sequence-level ratios count
+    once per token)."""
     clip_ratio_high: Tensor
     """Fraction of valid tokens clipped at ``1 + epsilon_high`` with positive advantage."""
     clip_ratio: Tensor
     """Fraction of valid tokens clipped at either side."""
+    entropy: Tensor | None = None
+    """Mean per-token entropy over the tokens the entropy bonus acts on (the top-quantile tokens when
+    ``top_entropy_quantile < 1``), detached; None when no entropies were given."""
+
+
+GLOBAL_TOKEN_LOSSES = frozenset(name for name, (_, needed) in _NORMALIZERS.items() if needed == "num_active_tokens")
+"""Loss types normalised by the token count of the whole optimizer step (dapo, cispo, vespo)."""
 
 
 def grpo_loss(
@@ -205,12 +215,36 @@ def grpo_loss(
     truncated: Tensor | None = None,
     mask_truncated_completions: bool = False,
     is_weights: Tensor | None = None,
+    importance_sampling_level: ImportanceSamplingLevel = "token",
+    delta: float | None = None,
+    use_bias_correction_kl: bool = False,
+    off_policy_mask_threshold: float | None = None,
+    sampler_logprobs: Tensor | None = None,
+    entropies: Tensor | None = None,
+    top_entropy_quantile: float = 1.0,
+    entropy_coef: float = 0.0,
+    sapo_temperature_pos: float = 1.0,
+    sapo_temperature_neg: float = 1.05,
+    vespo_k_pos: float = 2.0,
+    vespo_lambda_pos: float = 3.0,
+    vespo_k_neg: float = 3.0,
+    vespo_lambda_neg: float = 2.0,
 ) -> LossOutput:
-    """GRPO loss of one micro-batch: ``normalize(surrogate * is_weights + beta * k3_kl)`` over valid tokens.
+    """GRPO-family loss of one micro-batch, option for option TRL 1.16's ``GRPOTrainer._compute_loss``.
+
+    ``r = exp(log_importance_weights)`` (token or sequence level), then per token
+
+        l = objective(r, A, logp) * offpolicy_keep * entropy_keep * is_weights + beta * KL * (r if bias-corrected)
+
+    normalised by ``loss_type`` over the loss tokens, minus ``entropy_coef`` times their mean entropy.
+    ``objective`` is the PPO clip (grpo, bnpo, dr_grpo, dapo, luspo; two-sided with ``delta``),
+    :func:`~openrs_pl.grpo.objectives.cispo_loss`, :func:`~openrs_pl.grpo.objectives.sapo_loss` or VESPO's
+    ``-phi(w) * A * logp`` (which takes the sampler weights into ``w`` instead of multiplying by them).
 
     The recipe (TRL 69ad852e) is ``loss_type="bnpo"``, ``beta=0.04``, ``epsilon=0.2``, ``old_logprobs=None``.
-    Gradient accumulation is the caller's: divide ``grpo``/``bnpo``/``dr_grpo`` losses by the number of
-    micro-batches per step as TRL does; ``dapo``'s ``num_active_tokens`` already spans the whole step.
+    Gradient accumulation is the caller's: divide every loss type not in :data:`GLOBAL_TOKEN_LOSSES` by the number
+    of micro-batches per step as TRL does; their ``num_active_tokens`` already spans the whole step. Unlike TRL,
+    ``use_bias_correction_kl`` defaults to False (the recipe predates it).
 
     Args:
         logprobs: ``[N, L]`` policy log-probs with grad.
@@ -221,15 +255,31 @@ def grpo_loss(
         advantages: ``[N]``.
         mask: ``[N, L]`` 1 on valid completion tokens. Values at masked positions, however large, never reach
             the loss or its gradient.
-        loss_type: Normalisation, see the ``normalize_*`` functions.
+        loss_type: grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo or vespo.
         beta: KL coefficient.
         epsilon: Lower clip range.
-        epsilon_high: Upper clip range (``None`` = ``epsilon``).
+        epsilon_high: Upper clip range (``None`` = ``epsilon``); for cispo the cap on the ratio itself.
         max_completion_length: Needed by ``dr_grpo``.
-        num_active_tokens: Needed by ``dapo``, counted after truncation masking.
+        num_active_tokens: Needed by dapo, cispo and vespo, counted after truncation masking.
         truncated: ``[N]`` bool, True for completions that hit the length limit without EOS.
         mask_truncated_completions: Drop truncated completions from the loss (DAPO overlong filtering).
-        is_weights: ``[N, L]`` truncated importance-sampling weights (:func:`truncated_is_weights`).
+        is_weights: ``[N, L]`` or ``[N, 1]`` sampler importance weights
+            (:func:`~openrs_pl.grpo.objectives.sampler_is_weights`).
+        importance_sampling_level: ``"token"`` (PPO) or ``"sequence"`` (GSPO) ratios.
+        delta: Two-sided clipping cap on the unclipped ratio (INTELLECT-2); None = off.
+        use_bias_correction_kl: Multiply the KL by the ratio (DeepSeek-V3.2's unbiased KL gradient).
+        off_policy_mask_threshold: Drop negative-advantage sequences whose mean ``sampler - logp`` exceeds it
+            (DeepSeek-V3.2); None = off.
+        sampler_logprobs: ``[N, L]`` the engine's log-probs, for the off-policy mask (else ``old_logprobs``).
+        entropies: ``[N, L]`` per-token entropies of the policy, needed by the two options below.
+        top_entropy_quantile: Train only on this top fraction of tokens by entropy; 1.0 = all.
+        entropy_coef: Entropy bonus coefficient (subtracted times the mean entropy); 0 = off.
+        sapo_temperature_pos: SAPO gate temperature where ``A > 0``.
+        sapo_temperature_neg: SAPO gate temperature where ``A <= 0``.
+        vespo_k_pos: VESPO Gamma power for ``A >= 0``.
+        vespo_lambda_pos: VESPO Gamma decay for ``A >= 0``.
+        vespo_k_neg: VESPO Gamma power for ``A < 0``.
+        vespo_lambda_neg: VESPO Gamma decay for ``A < 0``.
 
     Returns:
         A :class:`LossOutput`.
@@ -238,10 +288,13 @@ def grpo_loss(
         raise ValueError(f"loss_type must be one of {sorted(_NORMALIZERS)}, got {loss_type!r}")
     if beta != 0 and ref_logprobs is None:
         raise ValueError(f"beta={beta} needs ref_logprobs (use beta=0 to train without a reference model)")
+    if entropies is None and (top_entropy_quantile < 1.0 or entropy_coef != 0):
+        raise ValueError("top_entropy_quantile < 1 and entropy_coef != 0 need the per-token entropies")
     normalize, needed = _NORMALIZERS[loss_type]
     extra = {"max_completion_length": max_completion_length, "num_active_tokens": num_active_tokens}
     if needed is not None and extra[needed] is None:
         raise ValueError(f"loss_type={loss_type!r} needs {needed}")
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = loss_mask(mask, truncated, mask_truncated_completions)  # [N, L]
 
     def valid(x: Tensor) -> Tensor:
@@ -253,20 +306,58 @@ def grpo_loss(
 
     logprobs = valid(logprobs)  # [N, L]
     old_logprobs = logprobs.detach() if old_logprobs is None else valid(old_logprobs)  # [N, L]
-    surrogate, low_clipped, high_clipped = clipped_surrogate(logprobs, old_logprobs, advantages, epsilon, epsilon_high)
-    if is_weights is not None:
-        surrogate = surrogate * valid(is_weights)  # [N, L]
-    per_token = surrogate  # [N, L]
+    adv = advantages.unsqueeze(-1)  # [N, 1]
+    log_ratio = log_importance_weights(logprobs, old_logprobs, mask, importance_sampling_level)  # [N, L] or [N, 1]
+    ratio = torch.exp(log_ratio)
+    if loss_type == "cispo":
+        surrogate = cispo_loss(ratio, adv, logprobs, epsilon_high)
+    elif loss_type == "sapo":
+        surrogate = sapo_loss(ratio, adv, sapo_temperature_pos, sapo_temperature_neg)
+    elif loss_type == "vespo":
+        phi = vespo_weights(
+            adv, logprobs - old_logprobs, mask, is_weights, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg
+        )  # [N, 1]
+        surrogate = -phi * adv * logprobs  # [N, L]
+    else:
+        surrogate = ppo_clip_loss(ratio, adv, epsilon, epsilon_high, delta)
+    if off_policy_mask_threshold is not None:
+        reference = old_logprobs if sampler_logprobs is None else sampler_logprobs
+        surrogate = surrogate * off_policy_mask(adv, logprobs, reference, mask.float(), off_policy_mask_threshold)
+    if top_entropy_quantile < 1.0 and entropies is not None:  # (checked above: given whenever needed)
+        keep = high_entropy_mask(entropies, mask, top_entropy_quantile)  # [N, L]
+        surrogate = surrogate * keep
+        mask_for_entropy = keep
+    else:
+        mask_for_entropy = mask
+    if is_weights is not None and loss_type != "vespo":
+        surrogate = surrogate * is_weights
+    per_token = surrogate
     kl = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
     if ref_logprobs is not None:
         per_token_kl = k3_kl(logprobs, valid(ref_logprobs))  # [N, L]
+        if use_bias_correction_kl:
+            per_token_kl = per_token_kl * ratio
         per_token = surrogate + beta * per_token_kl  # [N, L]
         kl = masked_mean(per_token_kl, mask)
+    loss = reduce(per_token)
+    entropy = None
+    if entropies is not None:
+        entropy = entropy_bonus(entropies, mask_for_entropy)
+        loss = loss - entropy_coef * entropy
+        entropy = entropy.detach()
+    low_clipped = (ratio < 1 - epsilon) & (adv < 0)  # [N, L] or [N, 1]
+    high_clipped = (ratio > 1 + epsilon_high) & (adv > 0)
+    as_tokens = torch.zeros_like(logprobs, dtype=torch.bool)  # broadcasts sequence-level flags to tokens
+
+    def clip_fraction(flags: Tensor) -> Tensor:
+        return masked_mean((flags | as_tokens).to(logprobs.dtype), mask).detach()
+
     return LossOutput(
-        loss=reduce(per_token),
+        loss=loss,
         policy_loss=reduce(surrogate).detach(),
         kl=kl.detach(),
-        clip_ratio_low=masked_mean(low_clipped.to(logprobs.dtype), mask),
-        clip_ratio_high=masked_mean(high_clipped.to(logprobs.dtype), mask),
-        clip_ratio=masked_mean((low_clipped | high_clipped).to(logprobs.dtype), mask),
+        clip_ratio_low=clip_fraction(low_clipped),
+        clip_ratio_high=clip_fraction(high_clipped),
+        clip_ratio=clip_fraction(low_clipped | high_clipped),
+        entropy=entropy,
     )

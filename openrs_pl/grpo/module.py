@@ -14,14 +14,16 @@ Logged metrics (``train/`` prefix; names are stable): ``loss``, ``policy_loss``,
 ``completions/min_length``, ``completions/max_length``, ``completions/clipped_ratio`` (fraction truncated at the
 length limit), ``sampler_logprob_diff`` (|engine - trainer| log-prob, when the engine reports log-probs). The
 rollout callback adds ``reward/mean``, ``reward/std``, ``rewards/<name>/mean``, ``rewards/<name>/std``,
-``frac_reward_zero_std``, ``time/generation`` and ``time/sync``.
+``frac_reward_zero_std``, ``time/generation`` and ``time/sync``. With the options on: ``entropy`` (when
+entropies are computed), ``entropy_coef`` (adaptive entropy control), and from the callback
+``dynamic_sampling/{draws,prompts_drawn,informative,filled_with_zero_signal}``.
 """
 
 from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -40,7 +42,8 @@ from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
-from openrs_pl.grpo.loss import LossOutput, grpo_loss, logprob_gap, loss_mask, truncated_is_weights
+from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
+from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.models.source import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
@@ -115,6 +118,7 @@ class GRPOModule(L.LightningModule):
         if self.grpo.beta > 0:
             ref = _load_causal_lm(self._name_or_path, **self._load_kwargs).eval().requires_grad_(False)
             self._reference.append(ref)
+        self.entropy_control = self.grpo.adaptive_entropy()
 
     # ------------------------------------------------------------------------ PolicySource (the rollout's view)
     # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from load_models on.
@@ -170,7 +174,7 @@ class GRPOModule(L.LightningModule):
         old = self._logprobs(self.policy, rollout) if needs_old else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
-    def _logprobs(self, model: nn.Module, rollout: RolloutBatch) -> Tensor:
+    def _logprobs(self, model: nn.Module, rollout: RolloutBatch, return_entropy: bool = False) -> Any:
         input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
         attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
         return completion_logprobs(
@@ -180,11 +184,12 @@ class GRPOModule(L.LightningModule):
             completion_len=rollout.completion_ids.shape[1],
             temperature=self.temperature,
             chunk_size=self.grpo.logprob_chunk_size,
-        )  # [N, L]
+            return_entropy=return_entropy,
+        )  # [N, L], or ([N, L], [N, L]) with the entropies
 
     def _global_active_tokens(self, rollout: RolloutBatch) -> float | None:
         """Loss tokens of the whole optimizer step across ranks, divided by world size; only dapo needs them."""
-        if self.grpo.loss_type != "dapo":
+        if self.grpo.loss_type not in GLOBAL_TOKEN_LOSSES:
             return None  # no cross-rank collective for the other normalisations
         mask = loss_mask(rollout.completion_mask, rollout.truncated, self.grpo.mask_truncated_completions)  # [N, L]
         tokens = mask.sum().float()
@@ -194,17 +199,19 @@ class GRPOModule(L.LightningModule):
     def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> Tensor:
         opt = self.optimizers()
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
-        # bnpo/grpo/dr_grpo normalise per micro-batch, so accumulation averages them; dapo's constant
-        # denominator already spans the whole step.
-        scale = 1.0 if self.grpo.loss_type == "dapo" else 1.0 / len(micro_batches)
+        # grpo/bnpo/dr_grpo/sapo/luspo normalise per micro-batch, so accumulation averages them; the denominator
+        # of dapo/cispo/vespo already spans the whole step.
+        scale = 1.0 if self.grpo.loss_type in GLOBAL_TOKEN_LOSSES else 1.0 / len(micro_batches)
         totals: dict[str, Tensor] = {}
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             _set_accumulation_boundary(self, last)
             with nullcontext() if last else _no_backward_sync(self):
-                out = self._micro_batch_loss(mb, num_active_tokens)
+                out = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
                 self.manual_backward(out.loss * scale)
             for name, value in out._asdict().items():
+                if value is None:
+                    continue
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
         grad_norm: Tensor | float | None = self._clip_gradients(opt)
         if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
@@ -215,6 +222,9 @@ class GRPOModule(L.LightningModule):
             grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
         self.lr_schedulers().step()
+        if self.entropy_control is not None:  # one coefficient on every rank: update it from the mean over ranks
+            entropy = self.trainer.strategy.reduce(totals["entropy"], reduce_op="mean")
+            totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))  # Lightning moves it
         metrics: dict[str, Tensor | float] = {
             f"train/{k}": v for k, v in totals.items() if k not in ("clip_ratio_low", "clip_ratio_high")
         }
@@ -232,26 +242,38 @@ class GRPOModule(L.LightningModule):
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return totals["loss"]
 
-    def _micro_batch_loss(self, mb: RolloutBatch, num_active_tokens: float | None) -> LossOutput:
-        logprobs = self._logprobs(self.policy, mb)  # [n, L], with grad
+    def _micro_batch_loss(
+        self, mb: RolloutBatch, num_active_tokens: float | None, num_micro_batches: int
+    ) -> LossOutput:
+        g = self.grpo
+        if g.needs_entropies:
+            logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
+        else:
+            logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
         is_weights = None
-        if self.grpo.tis_cap is not None and mb.sampler_logprobs is not None and mb.old_logprobs is not None:
-            is_weights = truncated_is_weights(mb.old_logprobs, mb.sampler_logprobs, cap=self.grpo.tis_cap)
+        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None and mb.old_logprobs is not None:
+            is_weights = sampler_is_weights(
+                mb.old_logprobs, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
+                g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
+                g.vllm_importance_sampling_clip_max,
+            )  # fmt: skip
+        entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
+        if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
+            entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
         return grpo_loss(
             logprobs,
             mb.old_logprobs,
             mb.ref_logprobs,
             mb.advantages,
             mb.completion_mask,
-            loss_type=self.grpo.loss_type,
-            beta=self.grpo.beta,
-            epsilon=self.grpo.epsilon,
-            epsilon_high=self.grpo.epsilon_high,
+            **g.loss_options(),
             max_completion_length=self.max_completion_length,
             num_active_tokens=num_active_tokens,
             truncated=mb.truncated,
-            mask_truncated_completions=self.grpo.mask_truncated_completions,
             is_weights=is_weights,
+            sampler_logprobs=mb.sampler_logprobs,
+            entropies=entropies,
+            entropy_coef=entropy_coef,
         )
 
     def _clip_gradients(self, opt: Any) -> Tensor | None:
@@ -274,6 +296,10 @@ class GRPOModule(L.LightningModule):
             gap = logprob_gap(rollout.sampler_logprobs, rollout.old_logprobs, rollout.completion_mask)
             metrics["train/sampler_logprob_diff"] = gap
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.entropy_control is not None and "entropy_control" in checkpoint:
+            self.entropy_control = AdaptiveEntropy(**checkpoint["entropy_control"])
 
     # ------------------------------------------------------------------------------------------- optimisers
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
@@ -299,6 +325,8 @@ class GRPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint alone is enough for `openrs-pl export`: it keeps the policy's config and tokenizer files.
         checkpoint[HF_FILES_KEY] = hf_files(cast(PreTrainedModel, self.policy), self.tokenizer)
+        if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
+            checkpoint["entropy_control"] = asdict(self.entropy_control)
 
     def export_hf(self, out_dir: str | Path) -> Path:
         """Save the policy and tokenizer as a plain HF folder (loadable by transformers and vLLM)."""

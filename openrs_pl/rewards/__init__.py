@@ -5,7 +5,8 @@ Modules: :mod:`~openrs_pl.rewards.correctness` (``accuracy``,
 
 ``length``; the ``gold_field`` choice), :mod:`~openrs_pl.rewards.cosine` (Exp 3's cosine reward: the recipe's
 quirks vs the reward's intent), :mod:`~openrs_pl.rewards.formatting` (``format``, ``format_strict``,
-``tag_count``), :mod:`~openrs_pl.rewards.repetition`, :mod:`~openrs_pl.rewards.reward_set` (specs, validation,
+``tag_count``), :mod:`~openrs_pl.rewards.repetition`, :mod:`~openrs_pl.rewards.overlong` (DAPO's soft overlong
+punishment), :mod:`~openrs_pl.rewards.reward_set` (specs, validation,
 :class:`RewardSet`).
 """
 

@@ -46,6 +46,7 @@ from openrs_pl.rewards.correctness import accuracy_reward, length_reward
 from openrs_pl.rewards.cosine import cosine_reward
 from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
+from openrs_pl.rewards.overlong import overlong_reward
 from openrs_pl.rewards.repetition import repetition_reward
 
 RewardFunc = Callable[..., Sequence[float | None]]
@@ -68,6 +69,7 @@ REWARD_REGISTRY: dict[str, RewardFunc] = {
     "cosine": cosine_reward,
     "repetition": repetition_reward,
     "length": length_reward,
+    "overlong": overlong_reward,
 }
 
 # Arguments RewardSet supplies itself on every call; a spec may not bind them.

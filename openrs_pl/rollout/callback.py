@@ -14,14 +14,18 @@ exactly its own groups.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
 from typing import Any, Literal
 
 import lightning as L
 import torch
 
+from openrs_pl.grpo.objectives import MultiObjectiveAggregation, gdpo_advantages
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.advantages import ScaleRewards, group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
+from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
@@ -56,6 +60,13 @@ class RolloutCallback(L.Callback):
         vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
         hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
         seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
+        multi_objective_aggregation: sum_then_normalize: weighted reward sum, then group advantages (GRPO, the
+            recipe); normalize_then_sum: normalise each reward in its group, sum, renormalise over the batch (GDPO,
+            arXiv 2601.05242; TRL 1.16's option of the same name).
+        dynamic_sampling: DAPO dynamic sampling (arXiv 2503.14476): drop groups whose rewards all agree and draw
+            more prompts until the batch is full again. Off in the recipe.
+        dynamic_sampling_max_draws: extra prompt batches dynamic sampling may draw per step; when they run out the
+            batch is topped up with zero-signal groups.
     """
 
     def __init__(
@@ -71,6 +82,9 @@ class RolloutCallback(L.Callback):
         vllm: VLLMConfig = VLLMConfig(),
         hf_batch_size: int | None = None,
         seed: int = 42,
+        multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize",
+        dynamic_sampling: bool = False,
+        dynamic_sampling_max_draws: int = 4,
     ) -> None:
         super().__init__()
         # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
@@ -85,6 +99,12 @@ class RolloutCallback(L.Callback):
         if not rewards:
             raise ValueError("rollout.rewards is empty: GRPO needs at least one reward function")
         validate_reward_specs(rewards)
+        if dynamic_sampling_max_draws < 0:
+            raise ValueError(f"rollout.dynamic_sampling_max_draws must be >= 0, got {dynamic_sampling_max_draws}")
+        self.multi_objective_aggregation = multi_objective_aggregation
+        self.dynamic_sampling = dynamic_sampling
+        self.dynamic_sampling_max_draws = dynamic_sampling_max_draws
+        self._extra_prompts: Iterator[dict[str, list[Any]]] | None = None  # dynamic sampling's own prompt stream
         self.reward_set = RewardSet(rewards)
         self.sampling = SamplingConfig(
             n=num_generations, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_completion_length
@@ -143,7 +163,7 @@ class RolloutCallback(L.Callback):
         if self.engine is not None:
             self.engine.sleep()  # colocate + sleep mode: free the engine's memory for training
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
-        batch[ROLLOUT_KEY] = self.score(trainer, pl_module, batch, generation)
+        batch[ROLLOUT_KEY] = self.score(trainer, pl_module, batch, generation, sampling)
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -160,36 +180,90 @@ class RolloutCallback(L.Callback):
         return self.engine.generate(prompt_ids, sampling)
 
     def score(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: dict[str, Any], generation: GenerationOutput
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        batch: dict[str, Any],
+        generation: GenerationOutput,
+        sampling: SamplingConfig | None = None,
     ) -> RolloutBatch:
-        """Rewards, advantages and the padded rollout batch for this rank's completions."""
+        """Rewards, advantages and the padded rollout batch for this rank's completions (refilled by dynamic
+        sampling when it is on; ``sampling`` seeds its extra draws)."""
         source = policy_source(pl_module)
+        g = self.num_generations
+        scored, stats = self._rewards(source, batch, generation)
+        if self.dynamic_sampling:
+            scored = self._refill(trainer, pl_module, scored, sampling or self.sampling)
+        rewards = scored.rewards  # [N]
+        if self.multi_objective_aggregation == "normalize_then_sum":
+            per_func = self._gathered(trainer, pl_module, scored.per_func)  # GDPO: batch-level renormalisation
+            advantages = gdpo_advantages(per_func, self.reward_set.weights, g)
+        else:
+            gathered = self._gathered(trainer, pl_module, rewards, self.scale_rewards == "batch")
+            advantages = group_advantages(gathered, g, self.scale_rewards)
+        if advantages.numel() > rewards.numel():  # computed on the all-gathered batch: keep this rank's slice
+            advantages = advantages.view(trainer.world_size, rewards.numel())[trainer.global_rank]
+        group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
+        stats["train/frac_reward_zero_std"] = float((group_std < 1e-8).float().mean())
+        pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
+        pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
+        return assemble_rollout(
+            scored.batch["prompt_ids"], scored.generation, rewards, scored.per_func, advantages, g, source.pad_token_id
+        )
+
+    def _rewards(
+        self, source: PolicySource, batch: dict[str, Any], generation: GenerationOutput
+    ) -> tuple[ScoredGroups, dict[str, float]]:
+        """Score one prompt batch's completions; the stats describe the sampled (unfiltered) batch."""
         g = self.num_generations
         texts = source.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
         columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
         prompts = columns.pop("prompt", [""] * len(texts))
         result = self.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
-        rewards = result.total  # [N]
-        advantages = group_advantages(self._rewards_for_scale(trainer, pl_module, rewards), g, self.scale_rewards)
-        if self.scale_rewards == "batch" and trainer.world_size > 1:
-            n = rewards.numel()  # advantages were computed on the all-gathered batch: keep this rank's slice
-            advantages = advantages.view(trainer.world_size, n)[trainer.global_rank]
-        group_std = rewards.view(-1, g).std(dim=1)  # [prompts]
-        stats = {f"train/{k}": v for k, v in result.stats.items()}
-        stats["train/frac_reward_zero_std"] = float((group_std < 1e-8).float().mean())
-        pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
-        pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return assemble_rollout(
-            batch["prompt_ids"], generation, rewards, result.per_func, advantages, g, source.pad_token_id
-        )
+        prompt_columns = {k: v for k, v in batch.items() if k != ROLLOUT_KEY}
+        scored = ScoredGroups(prompt_columns, generation, result.total, result.per_func)
+        return scored, {f"train/{k}": v for k, v in result.stats.items()}
 
-    def _rewards_for_scale(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, rewards: torch.Tensor
+    def _refill(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, scored: ScoredGroups, sampling: SamplingConfig
+    ) -> ScoredGroups:
+        """DAPO dynamic sampling: swap zero-signal groups for informative ones from extra prompt batches."""
+        if self._extra_prompts is None:
+            rows = trainer.datamodule.rows  # type: ignore[attr-defined]
+            world = max(trainer.world_size, 1)
+            self._extra_prompts = prompt_batches(rows, scored.num_groups, trainer.global_rank, world, self.seed + 1)
+        extra_prompts = self._extra_prompts
+        draws = iter(range(1, self.dynamic_sampling_max_draws + 1))
+        source = policy_source(pl_module)
+
+        def draw() -> ScoredGroups:
+            prompts = next(extra_prompts)
+            seed = None if sampling.seed is None else sampling.seed + 7919 * next(draws)
+            generation = self.generate(trainer, prompts["prompt_ids"], replace(sampling, seed=seed))
+            return self._rewards(source, prompts, generation)[0]
+
+        def any_rank_missing(missing: int) -> bool:  # every rank must take part in the same generate() calls
+            if trainer.world_size <= 1:
+                return missing > 0
+            missing_here = torch.tensor(float(missing), device=pl_module.device)
+            return bool(trainer.strategy.reduce(missing_here, reduce_op="sum") > 0)
+
+        g = self.num_generations
+        filled, stats = fill_informative(scored, draw, g, self.dynamic_sampling_max_draws, any_rank_missing)
+        pl_module.log_dict(
+            {f"train/dynamic_sampling/{k}": float(v) for k, v in asdict(stats).items()}, on_step=True, on_epoch=False
+        )
+        return filled
+
+    @staticmethod
+    def _gathered(
+        trainer: L.Trainer, pl_module: L.LightningModule, values: torch.Tensor, needed: bool = True
     ) -> torch.Tensor:
-        """The batch-std variant needs every rank's rewards; the group variants only the local groups."""
-        if self.scale_rewards != "batch" or trainer.world_size <= 1:
-            return rewards
-        return pl_module.all_gather(rewards.to(pl_module.device)).reshape(-1).cpu()
+        """Every rank's ``values`` concatenated (batch-level statistics need the global batch), when needed."""
+        if not needed or trainer.world_size <= 1:
+            return values
+        gathered = pl_module.all_gather(values.to(pl_module.device))  # [world, N, ...]
+        return gathered.reshape(-1, *values.shape[1:]).cpu()
 
     def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
         if self.engine is None or self.engine_name == "hf":

@@ -21,12 +21,17 @@ from openrs_pl.grpo.loss import (
     normalize_dapo,
     normalize_dr_grpo,
     normalize_grpo,
-    truncated_is_weights,
 )
+from openrs_pl.grpo.objectives import sampler_is_weights
 from openrs_pl.rollout.advantages import group_advantages
 
 E = math.e
 LOSS_TYPES = ["grpo", "bnpo", "dr_grpo", "dapo"]
+
+
+def _stack(out: tuple[Tensor | None, ...]) -> Tensor:
+    """The fields of a LossOutput that are set, stacked (for one assert_close over all of them)."""
+    return torch.stack([v for v in out if v is not None])
 
 
 def _generator(seed: int = 0) -> torch.Generator:
@@ -379,10 +384,10 @@ def test_normalizations_gradcheck() -> None:
 # ---------------------------------------------------------------- truncated IS and sampler mismatch
 
 
-def test_truncated_is_weights_hand_values_and_detached() -> None:
+def test_token_truncate_is_weights_hand_values_and_detached() -> None:
     # exp(0 - (-0.1)) = 1.10517; exp(5) = 148.4 capped at 2; exp(-1) = 0.3679 (never raised to 1).
     old = torch.zeros(1, 3, requires_grad=True)
-    weights = truncated_is_weights(old, torch.tensor([[-0.1, -5.0, 1.0]]), cap=2.0)
+    weights = sampler_is_weights(old, torch.tensor([[-0.1, -5.0, 1.0]]), torch.ones(1, 3), "token_truncate", None, 2.0)
     torch.testing.assert_close(weights, torch.tensor([[math.exp(0.1), 2.0, math.exp(-1.0)]]))
     assert not weights.requires_grad
 
@@ -607,11 +612,11 @@ def test_grpo_loss_mask_truncated_completions_removes_rows() -> None:
         epsilon_high=0.28,
         is_weights=x["is_w"][keep],
     )
-    torch.testing.assert_close(torch.stack(masked), torch.stack(subset))
+    torch.testing.assert_close(_stack(masked), _stack(subset))
     # Off by default: the flags alone change nothing.
     ignored = grpo_loss(x["logprobs"], x["old"], x["ref"], x["adv"], x["mask"], truncated=truncated, **common)
     plain = grpo_loss(x["logprobs"], x["old"], x["ref"], x["adv"], x["mask"], **common)
-    torch.testing.assert_close(torch.stack(ignored), torch.stack(plain))
+    torch.testing.assert_close(_stack(ignored), _stack(plain))
     assert not torch.allclose(masked.loss, plain.loss)
 
 
@@ -642,7 +647,7 @@ def test_grpo_loss_old_none_equals_detached_logprobs() -> None:
     logprobs = x["logprobs"].clone().requires_grad_(True)
     implicit = grpo_loss(logprobs, None, x["ref"], x["adv"], x["mask"])
     explicit = grpo_loss(logprobs, logprobs.detach(), x["ref"], x["adv"], x["mask"])
-    torch.testing.assert_close(torch.stack(implicit), torch.stack(explicit))
+    torch.testing.assert_close(_stack(implicit), _stack(explicit))
     assert implicit.clip_ratio.item() == 0.0
     grads = [torch.autograd.grad(o.loss, logprobs)[0] for o in (implicit, explicit)]
     torch.testing.assert_close(grads[0], grads[1])
@@ -652,7 +657,7 @@ def test_grpo_loss_outputs_are_detached_except_loss() -> None:
     x = _random_inputs()
     out = grpo_loss(x["logprobs"].requires_grad_(True), None, x["ref"], x["adv"], x["mask"])
     assert out.loss.requires_grad and out.loss.dim() == 0
-    assert not any(v.requires_grad for v in out[1:])
+    assert not any(v.requires_grad for v in out[1:] if v is not None)
 
 
 def test_grpo_loss_rejects_missing_arguments() -> None:
@@ -663,7 +668,7 @@ def test_grpo_loss_rejects_missing_arguments() -> None:
     with pytest.raises(ValueError, match="loss_type='dapo' needs num_active_tokens"):
         grpo_loss(*args, loss_type="dapo")
     with pytest.raises(ValueError, match="loss_type must be one of"):
-        grpo_loss(*args, loss_type="cispo")  # type: ignore[arg-type]
+        grpo_loss(*args, loss_type="ppo")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="needs ref_logprobs"):
         grpo_loss(x["logprobs"], None, None, x["adv"], x["mask"], beta=0.04)
     with pytest.raises(ValueError, match="needs the truncated flags"):

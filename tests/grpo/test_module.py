@@ -29,9 +29,10 @@ class InjectRollout(L.Callback):
 
 
 def make_module(model_dir: Path, beta: float = 0.0, lr: float = 1e-2, **grpo: object) -> GRPOModule:
+    grpo = {"micro_batch_size": 2} | grpo
     module = GRPOModule(
         name_or_path=str(model_dir),
-        grpo=GRPOConfig(micro_batch_size=2, beta=beta, **grpo),
+        grpo=GRPOConfig(beta=beta, **grpo),
         optim=OptimConfig(lr=lr, warmup_ratio=0.0, min_lr_rate=1.0),
         temperature=1.0,
         max_completion_length=8,
@@ -63,7 +64,7 @@ def fit_one_step(module: GRPOModule, rollout: RolloutBatch, tmp_path: Path) -> N
     trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
 
 
-@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"])
 def test_one_step_follows_the_advantage_sign(tiny_model_dir: Path, tmp_path: Path, loss_type: str) -> None:
     module = make_module(tiny_model_dir, loss_type=loss_type)
     rollout = fixed_rollout(module, advantages=[1.0, -1.0])
@@ -160,3 +161,104 @@ def test_deepspeed_gets_the_clip_norm_in_its_config(tiny_model_dir: Path) -> Non
     module.trainer = SimpleNamespace(strategy=strategy, datamodule=None)  # type: ignore[assignment]
     module.setup("fit")
     assert strategy.config["gradient_clipping"] == 1.0
+
+
+def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Every config option reaches grpo_loss under its TRL name; entropies come from the same forward's logits."""
+    import openrs_pl.grpo.module as module_mod
+    from openrs_pl.grpo.objectives import token_entropy
+
+    calls: list[dict] = []
+
+    def recording_loss(*args, **kwargs):
+        calls.append(kwargs)
+        return grpo_loss(*args, **kwargs)
+
+    monkeypatch.setattr(module_mod, "grpo_loss", recording_loss)
+    options = {
+        "loss_type": "cispo", "epsilon_high": 4.0, "importance_sampling_level": "sequence", "delta": 6.0,
+        "use_bias_correction_kl": True, "off_policy_mask_threshold": 0.3, "top_entropy_quantile": 0.5,
+        "entropy_coef": 0.01, "sapo_temperature_pos": 0.5, "vespo_k_neg": 1.5, "mask_truncated_completions": True,
+    }  # fmt: skip
+    module = make_module(tiny_model_dir, beta=0.04, **options)
+    rollout = fixed_rollout(module, advantages=[1.0, -1.0])
+    input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
+    attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
+    with torch.no_grad():  # the pre-step policy's entropies at the completion positions, computed independently
+        logits = module.policy(input_ids=input_ids, attention_mask=attention).logits
+        logits = logits[:, -rollout.completion_ids.size(1) - 1 : -1]  # position j predicts completion token j
+        expected_entropy = token_entropy(logits / module.temperature)
+    fit_one_step(module, rollout, tmp_path)
+    (kwargs,) = calls
+    for name, value in options.items():
+        assert kwargs[name] == value, name
+    assert kwargs["num_active_tokens"] == rollout.completion_mask.sum().item()  # cispo: global token count
+    mask = rollout.completion_mask.bool()
+    torch.testing.assert_close(kwargs["entropies"][mask], expected_entropy[mask], atol=1e-5, rtol=1e-5)
+
+
+def test_adaptive_entropy_controller_steps_with_the_measured_entropy(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import openrs_pl.grpo.module as module_mod
+
+    calls: list[dict] = []
+    monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
+    module = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=100.0,
+                         entropy_coef_delta=0.05)  # fmt: skip
+    assert module.grpo.needs_entropies
+    fit_one_step(module, fixed_rollout(module, [1.0, -1.0]), tmp_path)
+    ctl = module.entropy_control
+    # Token entropies of a 0.57M-parameter model over its vocabulary are ~log(V) < 100 = target: coef goes up.
+    assert 0 < ctl.last_entropy < 100 and ctl.coef == pytest.approx(0.15)
+    assert calls[0]["entropy_coef"] == 0.0  # no entropy measured before the first step: no bonus yet (as TRL)
+
+
+def test_sampler_is_correction_weights_the_loss(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """With vllm_importance_sampling_correction, grpo_loss gets sampler_is_weights(old, sampler) in the set mode."""
+    import dataclasses
+
+    import openrs_pl.grpo.module as module_mod
+    from openrs_pl.grpo.objectives import sampler_is_weights
+
+    calls: list[dict] = []
+    monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
+    module = make_module(tiny_model_dir, vllm_importance_sampling_correction=True,
+                         vllm_importance_sampling_mode="token_mask", vllm_importance_sampling_clip_min=0.9)  # fmt: skip
+    rollout = fixed_rollout(module, [1.0, -1.0])
+    with torch.no_grad():
+        old = module._logprobs(module.policy, rollout)
+    # Every other token the sampler was 0.5 nats more confident: weight exp(-0.5) = 0.61 < clip_min 0.9 -> masked;
+    # the others agree: weight exp(0) = 1, kept.
+    sampler = old + 0.5 * torch.arange(old.numel()).view_as(old).remainder(2)
+    fit_one_step(module, dataclasses.replace(rollout, sampler_logprobs=sampler), tmp_path)
+    expected = sampler_is_weights(old, sampler, rollout.completion_mask, "token_mask", 0.9, 3.0)
+    mask = rollout.completion_mask.bool()
+    torch.testing.assert_close(calls[0]["is_weights"][mask], expected[mask], atol=1e-5, rtol=1e-5)
+    assert (expected[mask] == 0).any() and (expected[mask] == 1).any()
+
+
+@pytest.mark.parametrize(("loss_type", "expected"), [("bnpo", 0.2), ("dapo", 0.1), ("cispo", 0.1)])
+def test_entropy_bonus_is_averaged_over_micro_batches(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch, loss_type: str, expected: float
+) -> None:
+    """Two micro-batches: the step divides bnpo's loss by 2; dapo-style losses are not divided, so their bonus
+    coefficient is (0.2 / 2), making the bonus the step's mean entropy for every loss type (TRL 1.16)."""
+    import openrs_pl.grpo.module as module_mod
+
+    calls: list[dict] = []
+    monkeypatch.setattr(module_mod, "grpo_loss", lambda *a, **k: calls.append(k) or grpo_loss(*a, **k))
+    module = make_module(tiny_model_dir, loss_type=loss_type, entropy_coef=0.2, micro_batch_size=1)
+    fit_one_step(module, fixed_rollout(module, [1.0, -1.0]), tmp_path)
+    assert [k["entropy_coef"] for k in calls] == [pytest.approx(expected)] * 2
+
+
+def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir: Path) -> None:
+    module = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=2.0)
+    module.entropy_control.update(1.5)  # below target: 0.1 + 0.005, and the bonus is on
+    checkpoint: dict = {}
+    module.on_save_checkpoint(checkpoint)
+    resumed = make_module(tiny_model_dir, use_adaptive_entropy=True, entropy_coef=0.1, entropy_target=2.0)
+    resumed.on_load_checkpoint(checkpoint)
+    assert resumed.entropy_control.coef == pytest.approx(0.105) and resumed.entropy_control.last_entropy == 1.5
+    assert resumed.entropy_control.applied_coef() == pytest.approx(0.105)

@@ -18,6 +18,7 @@ from openrs_pl.rewards.correctness import accuracy_reward, length_reward
 from openrs_pl.rewards.cosine import cosine_reward
 from openrs_pl.rewards.counters import collecting
 from openrs_pl.rewards.formatting import format_reward, format_strict_reward, tag_count_reward
+from openrs_pl.rewards.overlong import overlong_reward
 from openrs_pl.rewards.repetition import repetition_reward
 
 REPO = Path(__file__).resolve().parents[2]
@@ -212,6 +213,7 @@ def test_registry_names() -> None:
         "cosine",
         "repetition",
         "length",
+        "overlong",
     }
 
 
@@ -321,3 +323,18 @@ def test_grading_errors_and_timeouts_are_counted(monkeypatch: pytest.MonkeyPatch
     assert out.stats["rewards/accuracy/errors"] == 1.0
     assert out.stats["rewards/accuracy/timeouts"] == 1.0
     assert out.stats["rewards/accuracy/gold_unparsed"] == 0.0
+
+
+def test_overlong_punishment_by_hand() -> None:
+    """DAPO eq. 13 with L_max = 20, L_cache = 8: free up to 12 tokens, linear to -1 at 20, -1 beyond."""
+    lengths = [0, 12, 13, 16, 20, 21]
+    # 12 -> 0; 13 -> (12 - 13)/8 = -0.125; 16 -> -4/8 = -0.5; 20 -> -8/8 = -1; 21 -> -1 (over the limit).
+    expected = [0.0, 0.0, -0.125, -0.5, -1.0, -1.0]
+    ids = [[7] * n for n in lengths]
+    assert overlong_reward([""] * 6, ids, max_completion_length=20, overlong_buffer=8) == expected
+    with pytest.raises(ValueError, match="overlong_buffer must be in"):
+        overlong_reward([""], [[1]], max_completion_length=20, overlong_buffer=0)
+    # Through a RewardSet, with the token ids the rollout passes and the buffer bound in the spec.
+    rs = RewardSet([RewardSpec("overlong", 1.0, {"max_completion_length": 20, "overlong_buffer": 8})])
+    out = rs(["a", "b"], prompts=["p", "p"], columns={}, completion_ids=[[1] * 16, [1] * 3])
+    assert out.total.tolist() == [-0.5, 0.0]
