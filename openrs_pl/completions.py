@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 
+from openrs_pl.console import run_log_dir
 from openrs_pl.rollout.callback import find_rollout_callback
 from openrs_pl.rollout.types import ROLLOUT_KEY, RolloutBatch
 
@@ -112,7 +113,7 @@ class CompletionsTable(L.Callback):
         reward_set = rollout_callback.reward_set
         fields = rollout_fields(rollout, batch, pl_module.tokenizer, reward_set.names, self.max_rows)
         rows = completion_rows(step, **fields)
-        log_dir = trainer.log_dir
+        log_dir = run_log_dir(trainer)  # rank 0 only: Trainer.log_dir would be a collective here
         if log_dir is not None:
             Path(log_dir).mkdir(parents=True, exist_ok=True)
             append_jsonl(rows, Path(log_dir) / "completions.jsonl")

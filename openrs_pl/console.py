@@ -23,6 +23,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from openrs_pl.cost import PAPER_USD_PER_GPU_HOUR, RunCost
 from openrs_pl.rollout.callback import find_rollout_callback
@@ -62,6 +63,18 @@ def quiet_third_party() -> None:
 
     hf_logging.disable_progress_bar()
     disable_progress_bars()
+
+
+def run_log_dir(trainer: L.Trainer) -> str | None:
+    """Where this run's logs go, as ``Trainer.log_dir`` computes it but without its broadcast.
+
+    ``Trainer.log_dir`` is a collective (every rank must call it); this one is safe on rank 0 alone, which is
+    where the console and the completions table write.
+    """
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    logger = trainer.loggers[0]
+    return logger.log_dir if isinstance(logger, (CSVLogger, TensorBoardLogger)) else logger.save_dir
 
 
 def count_gpus(trainer: L.Trainer) -> int:
@@ -141,7 +154,8 @@ class RunConsole(L.Callback):
         self._start_step = trainer.global_step
 
     def _write_run_info(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.log_dir is None:
+        log_dir = run_log_dir(trainer)
+        if log_dir is None:
             return
         info = {
             "model": _model_name(pl_module),
@@ -151,8 +165,8 @@ class RunConsole(L.Callback):
             "usd_per_gpu_hour": self.usd_per_gpu_hour,
             "started_unix": time.time(),
         }
-        Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-        (Path(trainer.log_dir) / "run.json").write_text(json.dumps(info, indent=1) + "\n")
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+        (Path(log_dir) / "run.json").write_text(json.dumps(info, indent=1) + "\n")
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -225,8 +239,9 @@ def end_lines(trainer: L.Trainer, first: dict[str, str], last: dict[str, str], c
     ckpt = trainer.checkpoint_callback
     if isinstance(ckpt, ModelCheckpoint) and ckpt.dirpath:
         lines.append(f"  checkpoints: {ckpt.dirpath}")
-    if trainer.log_dir is not None:
-        lines.append(f"  plots: openrs-pl report {trainer.log_dir}")
+    log_dir = run_log_dir(trainer)
+    if log_dir is not None:
+        lines.append(f"  plots: openrs-pl report {log_dir}")
     return lines
 
 
