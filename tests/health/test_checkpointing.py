@@ -124,14 +124,33 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
 
 
-def start_and_signal(args: list[str], wait_for: Path, sig: int, group: bool = False) -> subprocess.CompletedProcess:
-    """Start a fit, send ``sig`` as soon as ``wait_for`` exists (to all its ranks with ``group``), collect output."""
+def _row_logged(metrics_csv: Path, step: int) -> bool:
+    if not metrics_csv.is_file():
+        return False
+    with open(metrics_csv, newline="") as f:
+        return any(row.get("train/loss") and row.get("step") == str(step) for row in csv.DictReader(f))
+
+
+def start_and_signal(
+    args: list[str], wait_for: Path, sig: int, group: bool = False, logged_step: int | None = None
+) -> subprocess.CompletedProcess:
+    """Start a fit, send ``sig`` as soon as ``wait_for`` exists (to all its ranks with ``group``), collect output.
+
+    ``logged_step``: also wait until metrics.csv holds that step's row. Lightning saves a step's checkpoint in
+    ``on_train_batch_end``, a few milliseconds before it logs the step's metrics, so a kill inside that window loses
+    the row (not the training state); see the README's "Run health" section.
+    """
     proc = subprocess.Popen(
         [*CLI, *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=group,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while not wait_for.exists() and proc.poll() is None and time.monotonic() < deadline:
+    metrics_csv = wait_for.parent.parent / "metrics.csv"
+
+    def ready() -> bool:
+        return wait_for.exists() and (logged_step is None or _row_logged(metrics_csv, logged_step))
+
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     if group:
         os.killpg(proc.pid, sig)
@@ -213,7 +232,7 @@ def test_kill_9_then_resume_from_the_newest_checkpoint_is_exact(setup_dir, tiny_
     out = setup_dir / "kill9"
     run_dir = out / "grpo" / "version_0"
     args = fit_args(setup_dir, tiny_model_dir, out)
-    first = start_and_signal(args, run_dir / "checkpoints/step3.ckpt", signal.SIGKILL)
+    first = start_and_signal(args, run_dir / "checkpoints/step3.ckpt", signal.SIGKILL, logged_step=2)
     assert first.returncode == -signal.SIGKILL
     newest = max((run_dir / "checkpoints").glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
     assert version_of(newest) == 0
@@ -240,7 +259,11 @@ def test_two_rank_ddp_kill_9_then_resume_is_exact(setup_dir, tiny_model_dir) -> 
     out = setup_dir / "ddp_kill9"
     run_dir = out / "grpo" / "version_0"
     first = start_and_signal(
-        fit_args(setup_dir, tiny_model_dir, out, *ddp), run_dir / "checkpoints/step2.ckpt", signal.SIGKILL, group=True
+        fit_args(setup_dir, tiny_model_dir, out, *ddp),
+        run_dir / "checkpoints/step2.ckpt",
+        signal.SIGKILL,
+        group=True,
+        logged_step=1,
     )
     assert first.returncode == -signal.SIGKILL
     newest = max((run_dir / "checkpoints").glob("step*.ckpt"), key=lambda p: int(p.stem[4:]))
