@@ -59,7 +59,7 @@ def test_every_config_builds_its_components(config: Path, tiny_model_dir: Path, 
     monkeypatch.setattr("openrs_pl.grpo.module.AutoTokenizer.from_pretrained", no_loading)
     # The recipes' hub id is resolved at construction; offline it would be refused (not cached), so the hub is
     # taken as reachable here (resolving a reachable hub id makes no request).
-    monkeypatch.setattr("openrs_pl.models.source.hub_offline_reason", lambda: None)
+    monkeypatch.setattr("openrs_pl.hub.hub_offline_reason", lambda: None)
     # The demo config names a folder that `python -m openrs_pl.demo` writes first.
     local = ["--model.name_or_path", str(tiny_model_dir)] if config.name == "tiny_cpu.yaml" else []
     cli = parse(["--config", str(config), *local])

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT, build_chat_prompt
 from openrs_pl.data.sources import ColumnMap, OnBadRow, load_problems_with_stats, log_rank_zero
-from openrs_pl.models.source import resolve_model
+from openrs_pl.hub import resolve_model
 
 OverlongPrompts = Literal["drop", "truncate"]
 Batch = dict[str, list[Any]]

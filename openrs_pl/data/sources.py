@@ -22,7 +22,7 @@ from typing import Any, Literal
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from openrs_pl.data.bundled import bundled_path, read_bundled
-from openrs_pl.models.source import resolve_dataset
+from openrs_pl.hub import resolve_dataset
 
 log = logging.getLogger("openrs_pl.data")
 
@@ -94,7 +94,7 @@ def load_problems_with_stats(
 
     Raises:
         SourceNotFoundError: ``source`` is neither an existing local path nor a usable hub id (a
-            ``FileNotFoundError``; see :mod:`openrs_pl.models.source`).
+            ``FileNotFoundError``; see :mod:`openrs_pl.hub`).
         ValueError: An unreadable file, an unknown hub dataset, a column missing from a whole file, a bad row
             (with ``on_bad_row="error"``), or no usable row at all. Always one line.
     """

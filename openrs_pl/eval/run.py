@@ -49,7 +49,7 @@ from openrs_pl.eval.records import (
     shard_path,
 )
 from openrs_pl.eval.report import render_markdown, summarize
-from openrs_pl.models.source import resolve_model
+from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.types import SamplingConfig
 

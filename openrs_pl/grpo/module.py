@@ -45,7 +45,7 @@ from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
 from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
 from openrs_pl.health.monitor import step_allowed
-from openrs_pl.models.source import resolve_model
+from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
 
 log = logging.getLogger("openrs_pl.grpo")

@@ -21,9 +21,8 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from openrs_pl.grpo.objectives import MultiObjectiveAggregation, gdpo_advantages
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
-from openrs_pl.rollout.advantages import ScaleRewards, group_advantages
+from openrs_pl.rollout.advantages import MultiObjectiveAggregation, ScaleRewards, gdpo_advantages, group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
 from openrs_pl.rollout.engine import GenerationEngine

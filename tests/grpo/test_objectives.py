@@ -13,7 +13,6 @@ from openrs_pl.grpo.objectives import (
     AdaptiveEntropy,
     cispo_loss,
     entropy_bonus,
-    gdpo_advantages,
     high_entropy_mask,
     log_importance_weights,
     normalize_luspo,
@@ -24,6 +23,7 @@ from openrs_pl.grpo.objectives import (
     token_entropy,
     vespo_weights,
 )
+from openrs_pl.rollout.advantages import gdpo_advantages
 
 
 def test_sequence_level_ratio_is_the_masked_mean_log_ratio() -> None:

@@ -266,8 +266,7 @@ def test_advantages_equal_trl_formulas() -> None:
     ``_generate_and_score_completions``, with TRL's own ``nanstd``), including a None (NaN) reward."""
     from trl.trainer.utils import nanstd
 
-    from openrs_pl.grpo.objectives import gdpo_advantages
-    from openrs_pl.rollout.advantages import group_advantages
+    from openrs_pl.rollout.advantages import gdpo_advantages, group_advantages
 
     g, weights = 3, torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     per_func = torch.rand(12, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 4

@@ -138,8 +138,7 @@ def test_rollout_callback_refills_the_batch() -> None:
 
 def test_rollout_callback_gdpo_advantages() -> None:
     """multi_objective_aggregation=normalize_then_sum: the callback's advantages are GDPO's, not the summed GRPO."""
-    from openrs_pl.grpo.objectives import gdpo_advantages
-    from openrs_pl.rollout.advantages import group_advantages
+    from openrs_pl.rollout.advantages import gdpo_advantages, group_advantages
 
     per_func = torch.tensor([[1.0, 0.0], [0.0, 0.0], [1.0, 10.0], [1.0, 0.0]])  # two rewards of different scale
     weights = torch.tensor([1.0, 2.0])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from openrs_pl.models import source
-from openrs_pl.models.source import SourceNotFoundError, resolve_dataset, resolve_model
+from openrs_pl import hub as source
+from openrs_pl.hub import SourceNotFoundError, resolve_dataset, resolve_model
 
 
 def test_an_existing_folder_is_local_whatever_its_name(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
