@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 NOISE = ("Tip:", "LeafSpec", "Loading weights", "Writing model shards", "manual optimization", "GPU available",
-         "DeepSpeed", "Setting accelerator", "LightningCLI's args", "Warning", "warn(")  # fmt: skip
+         "DeepSpeed", "Setting accelerator", "LightningCLI's args", "Warning", "warn(",
+         "Triton is installed")  # fmt: skip
 
 
 @pytest.mark.slow
