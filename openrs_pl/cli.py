@@ -344,8 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: unknown command {command!r}; commands: {known} (see {PROG} --help)", file=sys.stderr)
         return EXIT_USAGE
     try:
-        if command in COMMANDS:  # a command's own exit status, when it returns one
-            status = command_function(command)(argv[1:])
+        if command in COMMANDS:  # a command's own exit status, when it returns one or exits with one
+            try:
+                status = command_function(command)(argv[1:])
+            except SystemExit as exited:  # argparse-style commands print their one line, then exit
+                return exited.code if isinstance(exited.code, int) else int(exited.code is not None)
             return status if isinstance(status, int) else 0
         cli_main(argv)
     except Exception as exc:

@@ -215,17 +215,18 @@ CASES: list[Case] = [
     # --- eval
     (
         "unknown benchmark",
-        lambda f: ["eval", "--model", str(f.model), "--benchmarks", "aime25", "--output-dir", str(f.root / "e")],
-        r"unknown benchmark\(s\) \['aime25'\]; known: aime24, math500, amc23, minerva, olympiadbench",
+        lambda f: ["eval", "--model", str(f.model), "--benchmarks", "[aime25]", "--output_dir", str(f.root / "e")],
+        r"benchmarks: Expected a typing.Literal\['aime24', 'math500', 'amc23', 'minerva', 'olympiadbench'\]\. "
+        r"Got value: aime25",
     ),
     (
         "eval of a missing model given as a relative path",
-        lambda f: ["eval", "--model", "runs/nomodel", "--limit", "1", "--output-dir", str(f.root / "e")],
+        lambda f: ["eval", "--model", "runs/nomodel", "--limit", "1", "--output_dir", str(f.root / "e")],
         r"runs/nomodel: no such local model folder .*hub model id 'runs/nomodel' is not in the local cache",
     ),
     (
         "eval of a missing model given as an absolute path",
-        lambda f: ["eval", "--model", "/no/such/model", "--limit", "1", "--output-dir", str(f.root / "e")],
+        lambda f: ["eval", "--model", "/no/such/model", "--limit", "1", "--output_dir", str(f.root / "e")],
         r"/no/such/model: no such local model folder \(/no/such/model\); check the path",
     ),
 ]

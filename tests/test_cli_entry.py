@@ -45,9 +45,7 @@ def test_the_lightning_parser_offers_only_fit() -> None:
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_listed_command_answers_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert callable(command_function(name))
-    with pytest.raises(SystemExit) as info:
-        main([name, "--help"])
-    assert info.value.code in (0, None)
+    assert main([name, "--help"]) == 0  # the command's own SystemExit becomes main's return status
     assert "usage:" in capsys.readouterr().out
 
 
@@ -76,10 +74,9 @@ def parsed_rewards(*args: str) -> list[dict]:
 def test_a_reward_list_on_the_command_line_replaces_the_yamls() -> None:
     key = rewards_key()
     given = "[{name: format}, {name: cosine, weight: 2.0}]"
-    assert parsed_rewards(f"--{key}", given) == [
-        {"name": "format", "weight": 1.0, "kwargs": {}},
-        {"name": "cosine", "weight": 2.0, "kwargs": {}},  # not the YAML accuracy entry's {gold_field: answer}
-    ]
+    parsed = [(r["name"], r["weight"], r["kwargs"]) for r in parsed_rewards(f"--{key}", given)]
+    # not the YAML accuracy entry's {gold_field: answer}
+    assert parsed == [("format", 1.0, {}), ("cosine", 2.0, {})]
     assert parsed_rewards(f"--{key}={given}")[1]["kwargs"] == {}
     # `+` still appends to the YAML's list.
     assert [r["name"] for r in parsed_rewards(f"--{key}+", "{name: cosine}")] == ["format", "accuracy", "cosine"]

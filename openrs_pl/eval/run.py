@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse import ArgumentParser, set_parsing_settings
+from jsonargparse import ArgumentError, ArgumentParser, set_parsing_settings
 from tqdm.auto import tqdm
 
+from openrs_pl.config_errors import condense
 from openrs_pl.data.benchmarks import BENCHMARKS, load_benchmark
 from openrs_pl.eval.manifest import MANIFEST_FILE, StaleOutputError, check_manifest, run_identity
 from openrs_pl.eval.pipeline import WorkItem, encode_eval_prompts, generate_records, grade_records
@@ -343,7 +344,7 @@ def run_eval(cfg: EvalConfig, *, engine: GenerationEngine | None = None) -> dict
 def build_parser() -> ArgumentParser:
     """The ``openrs-pl eval`` parser: every :class:`EvalConfig` field as ``--name``, documented by its docstring."""
     set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    parser = ArgumentParser(prog="openrs-pl eval", description=__doc__.split("\n\n")[0], exit_on_error=True)
+    parser = ArgumentParser(prog="openrs-pl eval", description=__doc__.split("\n\n")[0], exit_on_error=False)
     parser.add_argument("--config", action="config", help="a YAML file of these options")
     parser.add_class_arguments(EvalConfig, as_group=False)
     return parser
@@ -365,7 +366,10 @@ def config_to_argv(cfg: EvalConfig) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``openrs-pl eval``: parse options, evaluate, print the table."""
     parser = build_parser()
-    namespace = parser.parse_args(argv)
+    try:
+        namespace = parser.parse_args(argv)
+    except ArgumentError as error:  # jsonargparse's nested message, as one line
+        parser.exit(2, f"openrs-pl eval: error: {condense(str(error))} (see openrs-pl eval --help)\n")
     try:
         cfg = EvalConfig(**{f.name: namespace[f.name] for f in fields(EvalConfig)})
         results = run_eval(cfg)

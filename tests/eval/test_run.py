@@ -10,6 +10,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
+from jsonargparse import ArgumentError
 from transformers import AutoTokenizer
 
 from openrs_pl.data.benchmarks import BENCHMARKS, load_benchmark
@@ -235,9 +236,9 @@ def test_cli_round_trip() -> None:
     assert defaults.truncated == "grade" and defaults.overwrite is False
     assert defaults.benchmarks == list(BENCHMARKS) == ["aime24", "math500", "amc23", "minerva", "olympiadbench"]
     assert _parse(["--model", "x", "--benchmarks", "[aime24, amc23]"]).benchmarks == ["aime24", "amc23"]
-    with pytest.raises(SystemExit):
+    with pytest.raises(ArgumentError, match="engine"):
         build_parser().parse_args(["--model", "x", "--engine", "tgi"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(ArgumentError, match="aime25"):
         build_parser().parse_args(["--model", "x", "--benchmarks", "[aime25]"])
 
 

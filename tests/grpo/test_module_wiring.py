@@ -114,7 +114,8 @@ def expected_pass(
     beta = float(cfg.get("beta", 0.04))  # type: ignore[arg-type]
     loss_type = cfg.get("loss_type", "bnpo")
     mask_truncated = bool(cfg.get("mask_truncated_completions", False))
-    tis_cap = cfg.get("tis_cap")
+    # token_truncate: per-token weight min(exp(old - sampler), clip_max), what `tis_cap` used to be.
+    tis_cap = cfg.get("vllm_importance_sampling_clip_max") if cfg.get("vllm_importance_sampling_correction") else None
     with torch.no_grad():
         ref = logprobs(load(model_dir).eval(), rollout) if beta > 0 else None  # the frozen checkpoint
         old = logprobs(load(model_dir, old_weights), rollout)  # the policy before this generation batch's steps
@@ -159,7 +160,12 @@ CASES = {
     "dapo": {"loss_type": "dapo"},
     "epsilon_high": {"loss_type": "bnpo", "epsilon": 0.1, "epsilon_high": 0.3},
     "mask_truncated": {"loss_type": "bnpo", "mask_truncated_completions": True},
-    "tis_cap": {"loss_type": "bnpo", "tis_cap": 1.5},
+    "is_token_truncate": {
+        "loss_type": "bnpo",
+        "vllm_importance_sampling_correction": True,
+        "vllm_importance_sampling_mode": "token_truncate",
+        "vllm_importance_sampling_clip_max": 1.5,
+    },
     "beta": {"loss_type": "grpo", "beta": 0.3},
     "beta0": {"loss_type": "grpo", "beta": 0.0},
 }
