@@ -10,7 +10,7 @@ optimizer steps per generation batch; with one step every objective here reduces
 up to its normalisation. Per-objective settings follow TRL 1.16's recommendations: cispo caps the ratio at
 ``epsilon_high=5.0`` (ScaleRL), luspo uses sequence-level ratios (its paper's setup).
 
-    python scripts/compare_objectives.py --out /tmp/objectives --doc docs/objectives.md
+    python scripts/compare_objectives.py --out runs/objectives --doc docs/objectives.md
     python scripts/compare_objectives.py --seeds 1 --steps 2 --loss-types grpo,sapo   # a smoke run
 """
 
