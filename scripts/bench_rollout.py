@@ -26,24 +26,27 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
 
+from openrs_pl import plan
 from openrs_pl.models.tiny import build_tiny_tokenizer, save_tiny_checkpoint
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
-# deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B config.json (architecture fields only).
+# deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B's architecture: the shape the memory planner holds, plus the RoPE and
+# norm fields of its public config.json.
+_R1 = plan.R1_DISTILL_QWEN_1_5B
 R1_DISTILL_1_5B = dict(
-    vocab_size=151936,
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
+    vocab_size=_R1.vocab_size,
+    hidden_size=_R1.hidden_size,
+    intermediate_size=_R1.intermediate_size,
+    num_hidden_layers=_R1.num_layers,
+    num_attention_heads=_R1.num_heads,
+    num_key_value_heads=_R1.num_kv_heads,
     max_position_embeddings=131072,
     rope_theta=10000.0,
     rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
+    tie_word_embeddings=_R1.tie_word_embeddings,
 )
 
 
