@@ -1,4 +1,8 @@
-"""The generation-engine interface. Engines turn token-id prompts into sampled completions."""
+"""The generation-engine interfaces. Engines turn token-id prompts into sampled completions.
+
+:class:`GenerationEngine` is the synchronous contract every engine meets. :class:`AsyncGenerationEngine` adds
+background generation (requests queue up and run while the trainer trains), which overlapped rollouts need.
+"""
 
 from __future__ import annotations
 
@@ -35,4 +39,26 @@ class GenerationEngine(Protocol):
 
     def close(self) -> None:
         """Shut the engine down (the trainer's process group stays alive)."""
+        ...
+
+
+@runtime_checkable
+class AsyncGenerationEngine(GenerationEngine, Protocol):
+    """An engine that generates in the background, e.g. in its own process.
+
+    Requests and weight pushes are applied in the order they are made: a request submitted after
+    :meth:`sync_weights` is sampled with the pushed weights. ``generate`` equals ``collect(submit(...))``.
+    """
+
+    @property
+    def weights_version(self) -> int:
+        """Weight pushes made so far (0 = the weights the engine started with)."""
+        ...
+
+    def submit(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> int:
+        """Queue a request without waiting for it; returns a ticket for :meth:`collect`."""
+        ...
+
+    def collect(self, ticket: int) -> GenerationOutput:
+        """Wait for a submitted request; its ``weights_version`` says which weights sampled it."""
         ...

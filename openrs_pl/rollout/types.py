@@ -79,6 +79,9 @@ class GenerationOutput:
     """True when the completion ended with EOS, False when it hit ``max_tokens``."""
     logprobs: list[list[float]] | None = None
     """Sampler log-prob of each generated token, when the engine reports them (vLLM)."""
+    weights_version: int | None = None
+    """How many weight pushes the engine had applied when it sampled these (asynchronous engines report it; the
+    rollout side turns it into the number of optimizer steps the samples lag behind the policy)."""
 
 
 @dataclass(frozen=True)
