@@ -5,8 +5,10 @@ Measures, on the shapes of one trainer micro-batch and one dedicated vLLM engine
 * ``train_step``: policy forward + backward (the project's chunked ``completion_logprobs`` and ``grpo_loss``) and
   one AdamW step on a micro-batch of ``--micro-batch`` rows x (``--prompt-len`` + ``--completion-len``) tokens;
 * ``reference_pass``: the frozen reference's no-grad log-probs for the same micro-batch;
-* ``vllm_decode``: ``VLLMEngine.generate`` of ``--sequences`` sequences x ``--decode-tokens`` tokens (tokens/s);
-* ``weight_sync``: ``VLLMEngine.sync_weights`` from the trained policy (seconds);
+* ``decode``: the engine's ``generate`` of ``--sequences`` sequences x ``--decode-tokens`` tokens (tokens/s), with
+  ``--engine vllm`` (a dedicated ``VLLMEngine``, the recipe's) or ``--engine hf`` (``model.generate`` on a separate
+  copy of the weights: where vLLM is not installed, a lower bound on what the dedicated device decodes);
+* ``weight_sync``: ``VLLMEngine.sync_weights`` from the trained policy (seconds; vLLM only);
 
 plus the peak device memory of the trainer (``torch.cuda.max_memory_allocated``) next to what ``openrs-pl plan``
 predicts for the same layout (single rank, no DeepSpeed), and writes everything as JSON. Nothing is downloaded:
@@ -39,6 +41,8 @@ from openrs_pl import plan
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import grpo_loss
 from openrs_pl.models.tiny import build_tiny_tokenizer, save_tiny_checkpoint
+from openrs_pl.rollout.engine import GenerationEngine
+from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
 
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="tiny Qwen2 on CPU with small shapes (the CI check)")
     parser.add_argument("--device", default="cuda:0", help="trainer device")
     parser.add_argument("--vllm-device", default="cuda:1", help="vLLM engine device")
+    parser.add_argument("--engine", choices=("vllm", "hf"), default="vllm", help="the decoding engine to time")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--attn", default="flash_attention_2", help="attn_implementation of the policy")
     parser.add_argument("--micro-batch", type=int, default=6)
@@ -160,18 +165,24 @@ def main(argv: list[str] | None = None) -> dict:
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         reference_times = timed(reference_pass, device, args.repeats)
 
-        engine = VLLMEngine(
-            str(model_dir),
-            VLLMConfig(
-                device=args.vllm_device,
-                dtype=args.dtype,
-                max_model_len=args.prompt_len + args.decode_tokens + 16,
-                gpu_memory_utilization=args.gpu_memory_utilization,
-                kv_cache_memory_bytes=1 << 27 if args.vllm_device == "cpu" else None,
-            ),
-        )
+        engine: GenerationEngine
+        if args.engine == "vllm":
+            engine = VLLMEngine(
+                str(model_dir),
+                VLLMConfig(
+                    device=args.vllm_device,
+                    dtype=args.dtype,
+                    max_model_len=args.prompt_len + args.decode_tokens + 16,
+                    gpu_memory_utilization=args.gpu_memory_utilization,
+                    kv_cache_memory_bytes=1 << 27 if args.vllm_device == "cpu" else None,
+                ),
+            )
+        else:  # a separate copy of the weights on the engine's device, as a dedicated engine holds
+            decoder = AutoModelForCausalLM.from_pretrained(model_dir, **load).to(args.vllm_device).eval()
+            engine = HFEngine(decoder)
         n = min(6, args.sequences)
         prompts = torch.randint(*TOKEN_IDS, (args.sequences // n, args.prompt_len)).tolist()
+        # min_tokens would be cleaner, but random weights may emit EOS: count what was really generated.
         sampling = SamplingConfig(n=n, temperature=0.7, max_tokens=args.decode_tokens, seed=0)
         generated: list[int] = []
         decode_times = timed(
@@ -180,10 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
             args.repeats,
         )
         sync_times = []
-        for _ in range(args.repeats):
-            synchronize(device)
-            engine.sync_weights(policy, force=True)
-            sync_times.append(engine.last_sync_seconds)
+        if isinstance(engine, VLLMEngine):
+            for _ in range(args.repeats):
+                synchronize(device)
+                engine.sync_weights(policy, force=True)
+                sync_times.append(engine.last_sync_seconds)
         engine.close()
 
     shape = plan.ModelShape.from_hf_config(policy.config)
@@ -202,16 +214,18 @@ def main(argv: list[str] | None = None) -> dict:
     tokens = args.micro_batch * (args.prompt_len + args.completion_len)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "vllm_device": args.vllm_device,
+        "engine": args.engine,
+        "engine_device": args.vllm_device,
         "shape": "tiny" if args.tiny else "r1-distill-qwen-1.5b",
         "num_params": shape.num_params(),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "train_step_s": min(train_times),
         "train_tokens_per_s": tokens / min(train_times),
         "reference_pass_s": min(reference_times),
-        "vllm_decode_tokens_per_s": generated[-1] / min(decode_times),
-        "vllm_generated_tokens": generated[-1],
-        "weight_sync_s": min(sync_times),
+        "decode_tokens_per_s": generated[-1] / min(decode_times),
+        "decode_s": min(decode_times),
+        "generated_tokens": generated[-1],
+        "weight_sync_s": min(sync_times) if sync_times else None,
         "trainer_peak_memory_bytes": peak,
         "planned_trainer_peak_bytes": plan.trainer_memory(shape, layout)["peak"],
     }
