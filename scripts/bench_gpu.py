@@ -12,8 +12,8 @@ Measures, on the shapes of one trainer micro-batch and one dedicated vLLM engine
 
 plus the peak device memory of the trainer (``torch.cuda.max_memory_allocated``) next to what ``openrs-pl plan``
 predicts for the same layout (single rank, no DeepSpeed), and writes everything as JSON. Nothing is downloaded:
-the model is built from the public config.json's numbers (``openrs_pl.plan.R1_DISTILL_QWEN_1_5B``, rope theta
-10000, 131072 positions) with random weights and a tiny local tokenizer.
+the model is built from the public config.json's numbers (``openrs_pl.plan.R1_DISTILL_QWEN_1_5B`` via
+``openrs_pl.models.tiny.save_shaped_checkpoint``) with random weights and a tiny local tokenizer.
 
 On a machine with 2 GPUs (trainer on cuda:0, vLLM on cuda:1), the recipe's shapes::
 
@@ -35,41 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from openrs_pl import plan
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import grpo_loss
-from openrs_pl.models.tiny import build_tiny_tokenizer, save_tiny_checkpoint
+from openrs_pl.models.tiny import save_shaped_checkpoint, save_tiny_checkpoint
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
-
-
-def write_r1_checkpoint(out_dir: Path) -> Path:
-    """R1-Distill-Qwen-1.5B's architecture with random bf16 weights and a tiny tokenizer, as an HF folder."""
-    shape = plan.R1_DISTILL_QWEN_1_5B
-    tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
-        vocab_size=shape.vocab_size,
-        hidden_size=shape.hidden_size,
-        intermediate_size=shape.intermediate_size,
-        num_hidden_layers=shape.num_layers,
-        num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads,
-        tie_word_embeddings=shape.tie_word_embeddings,
-        max_position_embeddings=131072,
-        rope_theta=10000.0,
-        rms_norm_eps=1e-6,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
 
 
 def synchronize(device: torch.device) -> None:
@@ -132,7 +107,11 @@ def main(argv: list[str] | None = None) -> dict:
     checkpointing = not args.no_gradient_checkpointing
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_tiny_checkpoint(Path(tmp) / "m") if args.tiny else write_r1_checkpoint(Path(tmp) / "m")
+        model_dir = Path(tmp) / "m"
+        if args.tiny:
+            save_tiny_checkpoint(model_dir)
+        else:
+            save_shaped_checkpoint(model_dir, plan.R1_DISTILL_QWEN_1_5B)
         load = dict(dtype=dtype, attn_implementation=args.attn)
         policy = AutoModelForCausalLM.from_pretrained(model_dir, **load).to(device).train()
         reference = AutoModelForCausalLM.from_pretrained(model_dir, **load).to(device).eval().requires_grad_(False)

@@ -24,50 +24,21 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from openrs_pl import plan
-from openrs_pl.models.tiny import build_tiny_tokenizer, save_tiny_checkpoint
+from openrs_pl.models.tiny import save_shaped_checkpoint, save_tiny_checkpoint
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
-
-# deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B's architecture: the shape the memory planner holds, plus the RoPE and
-# norm fields of its public config.json.
-_R1 = plan.R1_DISTILL_QWEN_1_5B
-R1_DISTILL_1_5B = dict(
-    vocab_size=_R1.vocab_size,
-    hidden_size=_R1.hidden_size,
-    intermediate_size=_R1.intermediate_size,
-    num_hidden_layers=_R1.num_layers,
-    num_attention_heads=_R1.num_heads,
-    num_key_value_heads=_R1.num_kv_heads,
-    max_position_embeddings=131072,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=_R1.tie_word_embeddings,
-)
 
 
 def write_checkpoint(shape: str, out_dir: Path) -> Path:
     """An HF folder for ``shape``: the tiny test model, or the R1-1.5B architecture with random weights."""
     if shape == "tiny":
         return save_tiny_checkpoint(out_dir)
-    tokenizer = build_tiny_tokenizer()
-    config = Qwen2Config(
-        **R1_DISTILL_1_5B,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
+    return save_shaped_checkpoint(out_dir, plan.R1_DISTILL_QWEN_1_5B)
 
 
 def make_prompts(num_prompts: int, prompt_len: int, vocab: int, seed: int = 0) -> list[list[int]]:

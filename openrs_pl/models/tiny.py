@@ -9,6 +9,9 @@ and the BPE merges are learned from the bundled math problems so ``\\boxed``, ``
 Both are written with ``save_pretrained``, so ``AutoModelForCausalLM``, ``AutoTokenizer`` and vLLM load the
 folder like any hub checkpoint. Heads are 64 wide by default: vLLM's CPU backend rejects head sizes below 32.
 
+:func:`save_shaped_checkpoint` writes a real model's architecture (e.g. R1-Distill-Qwen-1.5B's, from
+:mod:`openrs_pl.plan`) with random weights and the same tokenizer, for benchmarks that need true sizes offline.
+
 Usage: ``python -m openrs_pl.models.tiny OUT_DIR [--hidden-size 128 --num-layers 2 ...]``
 """
 
@@ -22,6 +25,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+from openrs_pl.plan import ModelShape
 
 BOS = "<｜begin▁of▁sentence｜>"
 EOS = "<｜end▁of▁sentence｜>"
@@ -122,6 +127,39 @@ def save_tiny_checkpoint(out_dir: str | Path, **model_kwargs: int) -> Path:
     tokenizer.save_pretrained(out)
     # Round-trip once so a broken folder fails here, not deep inside a training run.
     AutoTokenizer.from_pretrained(out)
+    return out
+
+
+def save_shaped_checkpoint(out_dir: str | Path, shape: ModelShape, seed: int = 0) -> Path:
+    """A model of ``shape``'s exact architecture (random weights, in ``shape.dtype``) with the tiny tokenizer.
+
+    RoPE theta 10000, RMSNorm eps 1e-6 and 131072 positions are R1-Distill-Qwen-1.5B's config.json values; only
+    ``vocab_size`` and the layer sizes vary with ``shape``. The embedding keeps the real vocabulary size, so memory
+    and compute are those of the real model although the tokenizer only ever emits its first few thousand ids.
+    """
+    out = Path(out_dir)
+    tokenizer = build_tiny_tokenizer()
+    config = Qwen2Config(  # type: ignore[call-arg]
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        tie_word_embeddings=shape.tie_word_embeddings,
+        max_position_embeddings=131072,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config).to(getattr(torch, shape.dtype))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from openrs_pl.models.tiny import ASSISTANT, BOS, EOS, USER, build_tiny_model
+from openrs_pl.models.tiny import ASSISTANT, BOS, EOS, USER, build_tiny_model, save_shaped_checkpoint
+from openrs_pl.plan import ModelShape
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,16 @@ def test_digits_are_split_one_per_token(tokenizer: PreTrainedTokenizerBase) -> N
 def test_head_size_below_32_is_rejected(tokenizer: PreTrainedTokenizerBase) -> None:
     with pytest.raises(ValueError, match="head size 16 < 32"):
         build_tiny_model(tokenizer, hidden_size=64, num_heads=4)
+
+
+def test_shaped_checkpoint_has_the_shape_and_the_planners_parameter_count(tmp_path: Path) -> None:
+    """The benchmarks' stand-in for a real model: its architecture is the shape's, counted as the planner counts."""
+    shape = ModelShape(
+        vocab_size=4096, hidden_size=128, intermediate_size=352, num_layers=3, num_heads=4, num_kv_heads=2,
+        head_dim=32, tie_word_embeddings=False, dtype="bfloat16",
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(save_shaped_checkpoint(tmp_path / "m", shape))
+    assert ModelShape.from_hf_config(model.config) == shape
+    assert sum(p.numel() for p in model.parameters()) == shape.num_params()
+    assert model.dtype == torch.bfloat16
+    assert model.generation_config.eos_token_id == AutoTokenizer.from_pretrained(tmp_path / "m").eos_token_id
