@@ -164,12 +164,15 @@ def plot_story(metrics_csv: Path, before: dict[str, float], after: dict[str, flo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Tiny-model GRPO demo on CPU.")
+    parser = argparse.ArgumentParser(
+        description="Tiny-model GRPO demo on CPU. Further --key value pairs go to `openrs-pl fit` (after the "
+        "recipe config), e.g. --rollout.overlap true.",
+    )
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--sft-steps", type=int, default=120)
     parser.add_argument("--grpo-steps", type=int, default=250)
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args(argv)
+    args, fit_overrides = parser.parse_known_args(argv)
     quiet_third_party()
     from openrs_pl.cli import cli_main
 
@@ -196,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             "--trainer.max_steps", str(args.grpo_steps),
             "--trainer.default_root_dir", str(out),
             "--trainer.logger.init_args.save_dir", str(out),
+            *fit_overrides,
         ]
     )  # fmt: skip
     final = cli.model.export_hf(out / "grpo_final")
@@ -208,9 +212,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")
     for key in ("accuracy", "format", "mean_length"):
         print(f"| {key:<16} | {before[key]:>11.3f} | {after[key]:>10.3f} |")
-    print(
-        f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {time.time() - t0:.0f} s"
-    )
+    seconds = time.time() - t0
+    print(f"\naccuracy change: {100 * (after['accuracy'] - before['accuracy']):+.1f} points in {seconds:.0f} s")
+    summary = {"before": before, "after": after, "seconds": seconds, "grpo_steps": args.grpo_steps}
+    (out / "demo_summary.json").write_text(json.dumps(summary | {"fit_overrides": fit_overrides}, indent=2))
     print(f"metrics CSV: {metrics_csv}\nplots: {out / 'demo.png'}\npolicy (HF folder): {final}")
     print(f"report (all curves, sample completions, config, cost): {write_report(out)}")
 
