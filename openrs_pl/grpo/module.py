@@ -25,12 +25,14 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -47,6 +49,9 @@ from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -122,7 +127,7 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ PolicySource (the rollout's view)
     # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from load_models on.
-    policy: nn.Module
+    policy: PreTrainedModel
     tokenizer: Any
 
     @property
@@ -193,11 +198,11 @@ class GRPOModule(L.LightningModule):
             return None  # no cross-rank collective for the other normalisations
         mask = loss_mask(rollout.completion_mask, rollout.truncated, self.grpo.mask_truncated_completions)  # [N, L]
         tokens = mask.sum().float()
-        total = self.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
+        total = self.trainer.strategy.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
         return float(total) / self.trainer.world_size
 
     def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> Tensor:
-        opt = self.optimizers()
+        opt = self._optimizer
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
         # grpo/bnpo/dr_grpo/sapo/luspo normalise per micro-batch, so accumulation averages them; the denominator
         # of dapo/cispo/vespo already spans the whole step.
@@ -213,15 +218,16 @@ class GRPOModule(L.LightningModule):
                 if value is None:
                     continue
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
-        grad_norm: Tensor | float | None = self._clip_gradients(opt)
+        grad_norm: Tensor | float | None = self._clip_gradients(opt.optimizer)
         if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
             opt.zero_grad(set_to_none=True)
             return totals["loss"]
         opt.step()
-        if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
-            grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
+        engine = _deepspeed_engine(self.trainer)
+        if engine is not None:  # gradients live in ZeRO partitions: ask the engine
+            grad_norm = float(engine.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
-        self.lr_schedulers().step()
+        self._lr_scheduler.step()
         if self.entropy_control is not None:  # one coefficient on every rank: update it from the mean over ranks
             entropy = self.trainer.strategy.reduce(totals["entropy"], reduce_op="mean")
             totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))  # Lightning moves it
@@ -276,12 +282,12 @@ class GRPOModule(L.LightningModule):
             entropy_coef=entropy_coef,
         )
 
-    def _clip_gradients(self, opt: Any) -> Tensor | None:
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
             return None
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
     def _log_rollout(self, rollout: RolloutBatch) -> None:
@@ -316,6 +322,22 @@ class GRPOModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # Lightning's accessors are typed for any number of optimizers and schedulers; configure_optimizers returns one
+    # of each, so these narrow to it (and fail loudly should that ever change).
+    @property
+    def _optimizer(self) -> LightningOptimizer:
+        opt = self.optimizers()
+        if not isinstance(opt, LightningOptimizer):
+            raise TypeError(f"GRPOModule trains with one optimizer, got {opt!r}")
+        return opt
+
+    @property
+    def _lr_scheduler(self) -> LRScheduler:
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, LRScheduler):
+            raise TypeError(f"GRPOModule steps one learning-rate scheduler, got {scheduler!r}")
+        return scheduler
+
     def _total_optimizer_steps(self) -> int:
         if self.trainer.max_steps > 0:
             return self.trainer.max_steps
@@ -324,7 +346,7 @@ class GRPOModule(L.LightningModule):
     # -------------------------------------------------------------------------------------------- exporting
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint alone is enough for `openrs-pl export`: it keeps the policy's config and tokenizer files.
-        checkpoint[HF_FILES_KEY] = hf_files(cast(PreTrainedModel, self.policy), self.tokenizer)
+        checkpoint[HF_FILES_KEY] = hf_files(self.policy, self.tokenizer)
         if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
             checkpoint["entropy_control"] = asdict(self.entropy_control)
 
@@ -336,7 +358,7 @@ class GRPOModule(L.LightningModule):
         return out
 
 
-def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> nn.Module:
+def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> PreTrainedModel:
     """``from_pretrained`` with one clear error when the path or hub id cannot be loaded."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation is not None:
@@ -354,6 +376,14 @@ def _is_deepspeed(strategy: Any) -> bool:
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return isinstance(strategy, DeepSpeedStrategy)
+
+
+def _deepspeed_engine(trainer: L.Trainer) -> DeepSpeedEngine | None:
+    """The engine DeepSpeed wraps the module in, or None under any other strategy."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = trainer.strategy
+    return strategy.deepspeed_engine if isinstance(strategy, DeepSpeedStrategy) else None
 
 
 def _no_backward_sync(module: L.LightningModule) -> Any:
@@ -375,5 +405,6 @@ def _set_accumulation_boundary(module: L.LightningModule, is_last: bool) -> None
     without this every backward is a boundary and DeepSpeed 0.19's ZeRO-2 keeps only the last micro-batch's
     gradient. No-op for other strategies.
     """
-    if _is_deepspeed(module.trainer.strategy):
-        module.trainer.model.set_gradient_accumulation_boundary(is_last)
+    engine = _deepspeed_engine(module.trainer)
+    if engine is not None:
+        engine.set_gradient_accumulation_boundary(is_last)

@@ -261,7 +261,7 @@ class RolloutCallback(L.Callback):
         """Every rank's ``values`` concatenated (batch-level statistics need the global batch), when needed."""
         if not needed or trainer.world_size <= 1:
             return values
-        gathered = pl_module.all_gather(values.to(pl_module.device))  # [world, N, ...]
+        gathered = trainer.strategy.all_gather(values.to(pl_module.device))  # [world, N, ...]
         return gathered.reshape(-1, *values.shape[1:]).cpu()
 
     def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:

@@ -12,7 +12,7 @@ from typing import cast
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 
 from openrs_pl.rollout.assemble import pad_left
 from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig
@@ -35,6 +35,8 @@ class HFEngine:
         pad_token_id: int | None = None,
         batch_size: int | None = None,
     ) -> None:
+        if not isinstance(model, GenerationMixin):
+            raise TypeError(f"HFEngine samples with model.generate: {type(model).__name__} is not a causal LM")
         self.model = model
         gen_cfg = self.model.generation_config
         eos = eos_token_id if eos_token_id is not None else gen_cfg.eos_token_id
@@ -76,7 +78,9 @@ class HFEngine:
         input_ids, attention_mask = pad_left(prompts, self.pad_token_id)  # [B, P]: last prompt token at P-1
         width = input_ids.shape[1]
         greedy = sampling.temperature == 0.0
-        out = self.model.generate(
+        # The ignore: transformers declares generate's self as a Protocol that PreTrainedModel itself does not satisfy
+        # under mypy (read-only device/dtype properties): a transformers typing gap, not a mismatch here.
+        out = self.model.generate(  # type: ignore[misc]
             input_ids=input_ids.to(device),
             attention_mask=attention_mask.to(device),
             do_sample=not greedy,
