@@ -78,3 +78,16 @@ def test_vllm_kill_9_then_resume_is_exact(setup_dir: Path, tiny_model_dir: Path)
     uninterrupted = moving(step_metrics(base / "grpo" / "version_0", (*COMPARED, GAP)))
     resumed, newest = kill_9_and_resume(setup_dir, tiny_model_dir, setup_dir / "vllm_kill9", VLLM, kill_after=3)
     assert_exact(f"vLLM kill -9 (resumed from {newest.name})", resumed, uninterrupted, STEPS)
+
+
+def test_two_rank_ddp_vllm_kill_9_then_resume_is_exact(setup_dir: Path, tiny_model_dir: Path) -> None:
+    """2 gloo ranks, rank 0's dedicated engine generating for both; the whole process group is killed after step 2's
+    checkpoint, then resumed on 2 ranks: rank 0 must push the restored policy into its fresh engine."""
+    args = (*VLLM, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "4")
+    base = setup_dir / "vllm_ddp_uninterrupted"
+    proc = run(fit_args(setup_dir, tiny_model_dir, base, *args))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    uninterrupted = moving(step_metrics(base / "grpo" / "version_0", (*COMPARED, GAP)))
+    out = setup_dir / "vllm_ddp_kill9"
+    resumed, newest = kill_9_and_resume(setup_dir, tiny_model_dir, out, args, kill_after=2, group=True)
+    assert_exact(f"2-rank DDP vLLM kill -9 (resumed from {newest.name})", resumed, uninterrupted, steps=4)
