@@ -132,8 +132,9 @@ class RolloutCallback(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Resuming from a checkpoint (global_step is restored only now): the engine started from the base weights.
+        # Its time is not logged: Lightning refuses on_step logging in on_train_start.
         if trainer.global_step > 0:
-            self._sync(pl_module, force=True)
+            self._sync(pl_module, force=True, log=False)
 
     def _build_vllm_engine(self, trainer: L.Trainer, source: PolicySource) -> GenerationEngine | None:
         from openrs_pl.rollout.vllm_engine import VLLMEngine
@@ -264,12 +265,13 @@ class RolloutCallback(L.Callback):
         gathered = trainer.strategy.all_gather(values.to(pl_module.device))  # [world, N, ...]
         return gathered.reshape(-1, *values.shape[1:]).cpu()
 
-    def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
+    def _sync(self, pl_module: L.LightningModule, force: bool = False, log: bool = True) -> None:
         if self.engine is None or self.engine_name == "hf":
             return
         start = time.perf_counter()
         self.engine.sync_weights(policy_source(pl_module).policy, force=force)
-        pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+        if log:
+            pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
 
 
 def find_rollout_callback(trainer: L.Trainer) -> RolloutCallback | None:

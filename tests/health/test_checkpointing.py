@@ -176,15 +176,15 @@ def start_and_signal(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def step_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
-    """metrics.csv rows of the optimizer steps, by step; fails on a step logged twice."""
+def step_metrics(run_dir: Path, keys: tuple[str, ...] = COMPARED) -> dict[int, dict[str, float]]:
+    """metrics.csv rows (``keys``) of the optimizer steps, by step; fails on a step logged twice."""
     by_step: dict[int, dict[str, float]] = {}
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row.get("train/loss"):
                 step = int(row["step"])
                 assert step not in by_step, f"step {step} logged twice"
-                by_step[step] = {k: float(row[k]) for k in COMPARED}
+                by_step[step] = {k: float(row[k]) for k in keys}
     return by_step
 
 
