@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
-from openrs_pl.grpo.loss import grpo_loss
+from openrs_pl.grpo.loss import grpo_loss, logprob_gap
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
@@ -213,3 +213,28 @@ def test_second_iteration_uses_the_old_logprobs(tiny_model_dir: Path, tmp_path: 
     captured = fit_one_step(module, rollout, tmp_path)
     assert len(captured.grads) == 2, "two optimizer steps on one generation batch"
     assert module.trainer_metrics["train/clip_ratio"] > 0  # type: ignore[attr-defined]
+
+
+def test_one_pass_takes_the_old_logprobs_from_the_training_forward(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """num_iterations=1 with sampler log-probs: the IS weights and the sampler-gap metric use the training forward's
+    detached log-probs (equal to the pre-update policy's), and the policy runs no forward beyond the training one."""
+    cfg = CASES["is_token_truncate"]
+    module = make_module(tiny_model_dir, **cfg)
+    rollout = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+    forwards: list[int] = []
+    module.policy.register_forward_hook(lambda _m, _i, out: forwards.append(out.logits.shape[0]))
+    captured = fit_one_step(module, rollout, tmp_path)
+    # 2 micro-batches of 2 rows, logprob_chunk_size 2: one forward each; an extra "old" pass would add 2 more.
+    assert forwards == [2, 2]
+    weights = captured.weights[0]
+    grads, loss, _ = expected_pass(tiny_model_dir, weights, weights, rollout, **cfg)
+    for name, got in captured.grads[0].items():
+        torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=1e-7, msg=name)
+    metrics = module.trainer_metrics  # type: ignore[attr-defined]
+    torch.testing.assert_close(metrics["train/loss"], loss, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        old = logprobs(load(tiny_model_dir, weights), rollout)
+    assert rollout.sampler_logprobs is not None
+    gap = logprob_gap(rollout.sampler_logprobs, old, rollout.completion_mask)
+    assert gap > 0.1  # the sampler disagrees, so IS weights differ from 1 and the metric is not trivially 0
+    torch.testing.assert_close(metrics["train/sampler_logprob_diff"], gap, rtol=1e-5, atol=1e-7)
