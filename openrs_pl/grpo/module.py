@@ -41,9 +41,10 @@ from transformers import (
 from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
-from openrs_pl.grpo.logprobs import completion_logprobs
+from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
 from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
+from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
@@ -172,6 +173,13 @@ class GRPOModule(L.LightningModule):
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
     def _logprobs(self, model: nn.Module, rollout: RolloutBatch, return_entropy: bool = False) -> Any:
+        g = self.grpo
+        if g.packing:
+            packed = pack_rows(
+                rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask,
+                g.pack_tokens, g.share_prompts,
+            )  # fmt: skip
+            return packed_completion_logprobs(model, packed, self.temperature, return_entropy)
         input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
         attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
         return completion_logprobs(
@@ -180,7 +188,7 @@ class GRPOModule(L.LightningModule):
             attention_mask,
             completion_len=rollout.completion_ids.shape[1],
             temperature=self.temperature,
-            chunk_size=self.grpo.logprob_chunk_size,
+            chunk_size=g.logprob_chunk_size,
             return_entropy=return_entropy,
         )  # [N, L], or ([N, L], [N, L]) with the entropies
 
