@@ -46,8 +46,10 @@ class GRPOConfig:
     """Padding-free log-prob passes: whole prompt + completion sequences side by side in rows of at most
     pack_tokens tokens, position ids restarting per sequence (flash-attention varlen on GPU, a block-diagonal mask
     with sdpa), so no pad token is computed. Same values as the padded passes."""
-    pack_tokens: int = 8192
-    """Token budget of one packed row (one forward); replaces logprob_chunk_size when packing."""
+    pack_tokens: int = 4096
+    """Token budget of one packed row (one forward; a longer sequence gets a row of its own); replaces
+    logprob_chunk_size when packing. With sdpa on CPU a row's attention is dense under its block mask, so keep it
+    near the longest prompt + completion; flash-attention varlen (GPU) computes only the blocks."""
     share_prompts: bool = False
     """With packing: each prompt is computed once per group of completions that follow it, each completion
     attending to the prompt and to itself only (needs sdpa or eager attention). Same values as without."""

@@ -152,4 +152,4 @@ def test_config_options_are_checked() -> None:
         GRPOConfig(share_prompts=True)
     with pytest.raises(ValueError, match="pack_tokens must be >= 1"):
         GRPOConfig(packing=True, pack_tokens=0)
-    assert GRPOConfig(packing=True, share_prompts=True).pack_tokens == 8192
+    assert GRPOConfig(packing=True, share_prompts=True).pack_tokens == 4096
