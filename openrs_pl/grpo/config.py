@@ -42,10 +42,25 @@ class GRPOConfig:
     """Exclude completions that hit the length limit without EOS from the loss (DAPO overlong filtering)."""
     logprob_chunk_size: int = 2
     """Rows per forward when computing log-probs, bounding the logits held in memory at once."""
+    packing: bool = False
+    """Padding-free log-prob passes: whole prompt + completion sequences side by side in rows of at most
+    pack_tokens tokens, position ids restarting per sequence (flash-attention varlen on GPU, a block-diagonal mask
+    with sdpa), so no pad token is computed. Same values as the padded passes."""
+    pack_tokens: int = 4096
+    """Token budget of one packed row (one forward; a longer sequence gets a row of its own); replaces
+    logprob_chunk_size when packing. With sdpa on CPU a row's attention is dense under its block mask, so keep it
+    near the longest prompt + completion; flash-attention varlen (GPU) computes only the blocks."""
+    share_prompts: bool = False
+    """With packing: each prompt is computed once per group of completions that follow it, each completion
+    attending to the prompt and to itself only (needs sdpa or eager attention). Same values as without."""
 
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1 or self.num_iterations < 1 or self.logprob_chunk_size < 1:
             raise ValueError("grpo.micro_batch_size, grpo.num_iterations and grpo.logprob_chunk_size must be >= 1")
+        if self.pack_tokens < 1:
+            raise ValueError(f"grpo.pack_tokens must be >= 1, got {self.pack_tokens}")
+        if self.share_prompts and not self.packing:
+            raise ValueError("grpo.share_prompts needs grpo.packing")
         if self.beta < 0:
             raise ValueError(f"grpo.beta must be >= 0, got {self.beta}")
         if self.epsilon_high is not None and self.epsilon_high < self.epsilon:

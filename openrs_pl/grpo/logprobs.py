@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from openrs_pl.grpo.objectives import token_entropy
+from openrs_pl.grpo.packing import PackedBatch
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
@@ -132,3 +133,66 @@ def completion_logprobs(
     if return_entropy:
         return torch.cat(chunks), torch.cat(entropies)  # [B, L] each
     return torch.cat(chunks)  # [B, L]
+
+
+def packed_completion_logprobs(
+    model: nn.Module,
+    packed: PackedBatch,
+    temperature: float = 1.0,
+    return_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """:func:`completion_logprobs` on a padding-free layout: one forward per packed row, no pad token computed.
+
+    Each row of :func:`~openrs_pl.grpo.packing.pack_rows` goes through the model with its restarting position ids
+    and ``logits_to_keep`` set to the columns that predict completion tokens, so only those logits are built. A row
+    without an explicit mask relies on transformers (>= 5) treating each run of consecutive position ids as its own
+    causal sequence (flash-attention varlen on GPU; a block-diagonal mask with sdpa/eager); shared-prompt rows carry
+    their mask, which needs sdpa or eager attention.
+
+    Args:
+        model: Causal LM accepting ``input_ids``, ``position_ids``, ``attention_mask`` (2D-free: ``None`` or a 4D
+            mask), ``logits_to_keep`` (an index tensor) and ``use_cache``.
+        packed: The layout of the ``[N, L]`` completions.
+        temperature: Logits are divided by it, matching the sampling distribution.
+        return_entropy: Also return the ``[N, L]`` entropies of ``softmax(logits / temperature)``.
+
+    Returns:
+        ``[N, L]`` log-probs (float32 or wider), or ``(log-probs, entropies)``; 0 at padded completion positions.
+    """
+    values, entropies, rows, cols = [], [], [], []
+    for row in packed.rows:
+        logits = model(
+            input_ids=row.input_ids,
+            position_ids=row.position_ids,
+            attention_mask=_model_mask(model, row.attention_mask),
+            logits_to_keep=row.logit_index,
+            use_cache=False,
+        ).logits  # [1, K, V]
+        values.append(selective_log_softmax(logits, row.targets, temperature)[0])  # [K]
+        if return_entropy:
+            entropies.append(token_entropy(logits[0] / temperature))  # [K]
+        rows.append(row.rows)
+        cols.append(row.cols)
+    index = (torch.cat(rows), torch.cat(cols))
+
+    def scatter(parts: list[Tensor]) -> Tensor:
+        flat = torch.cat(parts)  # [sum K]
+        return flat.new_zeros(packed.shape).index_put(index, flat)  # [N, L], differentiable w.r.t. flat
+
+    if return_entropy:
+        return scatter(values), scatter(entropies)
+    return scatter(values)
+
+
+def _model_mask(model: nn.Module, allowed: Tensor | None) -> Tensor | None:
+    """The packed row's ``[1, 1, T, T]`` mask in the form the model's attention takes: boolean for sdpa, additive
+    (0 / dtype minimum) for eager, which adds the mask to the scores."""
+    if allowed is None:
+        return None
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    if implementation == "sdpa":
+        return allowed
+    if implementation != "eager":
+        raise ValueError(f"shared prompts need sdpa or eager attention (a 4D mask), not {implementation!r}")
+    dtype = getattr(model, "dtype", torch.float32)
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

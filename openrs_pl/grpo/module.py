@@ -43,9 +43,10 @@ from transformers import (
 from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
-from openrs_pl.grpo.logprobs import completion_logprobs
+from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
 from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
+from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
@@ -163,23 +164,27 @@ class GRPOModule(L.LightningModule):
         self.grpo.check_batch(rollout.num_completions)
         rollout = self._score_logprobs(rollout.to(self.device))
         num_active_tokens = self._global_active_tokens(rollout)
-        losses = []
-        for _ in range(self.grpo.num_iterations):
-            losses.append(self._optimizer_step(rollout, num_active_tokens))
-        self._log_rollout(rollout)
-        return torch.stack(losses).mean()
+        passes = [self._optimizer_step(rollout, num_active_tokens) for _ in range(self.grpo.num_iterations)]
+        self._log_rollout(rollout, pre_update_logprobs=passes[0][1])
+        return torch.stack([loss for loss, _ in passes]).mean()
 
     @torch.no_grad()
     def _score_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
-        """Add the frozen reference's log-probs, and the pre-update policy's when they are needed."""
+        """Add the frozen reference's log-probs, and the pre-update policy's when there are several passes."""
         ref = self._logprobs(self.reference, rollout) if self.reference is not None else None
-        # With one on-policy pass the old policy *is* the current one and the loss uses logp.detach(); it is
-        # computed anyway when the engine reported its own log-probs, to measure (and optionally correct) the gap.
-        needs_old = self.grpo.num_iterations > 1 or rollout.sampler_logprobs is not None
-        old = self._logprobs(self.policy, rollout) if needs_old else None
+        # With one on-policy pass the old policy *is* the current one: the training forward's detached log-probs
+        # serve as old log-probs (ratio 1, sampler IS weights, sampler-gap metric), with no forward of their own.
+        old = self._logprobs(self.policy, rollout) if self.grpo.num_iterations > 1 else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
     def _logprobs(self, model: nn.Module, rollout: RolloutBatch, return_entropy: bool = False) -> Any:
+        g = self.grpo
+        if g.packing:
+            packed = pack_rows(
+                rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask,
+                g.pack_tokens, g.share_prompts,
+            )  # fmt: skip
+            return packed_completion_logprobs(model, packed, self.temperature, return_entropy)
         input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
         attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
         return completion_logprobs(
@@ -188,7 +193,7 @@ class GRPOModule(L.LightningModule):
             attention_mask,
             completion_len=rollout.completion_ids.shape[1],
             temperature=self.temperature,
-            chunk_size=self.grpo.logprob_chunk_size,
+            chunk_size=g.logprob_chunk_size,
             return_entropy=return_entropy,
         )  # [N, L], or ([N, L], [N, L]) with the entropies
 
@@ -201,19 +206,23 @@ class GRPOModule(L.LightningModule):
         total = self.trainer.strategy.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
         return float(total) / self.trainer.world_size
 
-    def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> Tensor:
+    def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> tuple[Tensor, Tensor]:
+        """One optimizer step over the rollout's micro-batches: the mean loss and the pass's detached ``[N, L]``
+        log-probs (the pre-update policy's)."""
         opt = self._optimizer
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
         # grpo/bnpo/dr_grpo/sapo/luspo normalise per micro-batch, so accumulation averages them; the denominator
         # of dapo/cispo/vespo already spans the whole step.
         scale = 1.0 if self.grpo.loss_type in GLOBAL_TOKEN_LOSSES else 1.0 / len(micro_batches)
         totals: dict[str, Tensor] = {}
+        pass_logprobs = []
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             _set_accumulation_boundary(self, last)
             with nullcontext() if last else _no_backward_sync(self):
-                out = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
+                out, logprobs = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
                 self.manual_backward(out.loss * scale)
+            pass_logprobs.append(logprobs)
             for name, value in out._asdict().items():
                 if value is None:
                     continue
@@ -221,7 +230,7 @@ class GRPOModule(L.LightningModule):
         grad_norm: Tensor | float | None = self._clip_gradients(opt.optimizer)
         if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
             opt.zero_grad(set_to_none=True)
-            return totals["loss"]
+            return totals["loss"], torch.cat(pass_logprobs)
         opt.step()
         engine = _deepspeed_engine(self.trainer)
         if engine is not None:  # gradients live in ZeRO partitions: ask the engine
@@ -246,27 +255,29 @@ class GRPOModule(L.LightningModule):
         # The bar's own counter is per epoch; GRPO runs are counted in optimizer steps.
         self.log("step", float(self.global_step), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         self.log("kl", totals["kl"], prog_bar=True, on_step=True, on_epoch=False, logger=False)
-        return totals["loss"]
+        return totals["loss"], torch.cat(pass_logprobs)
 
     def _micro_batch_loss(
         self, mb: RolloutBatch, num_active_tokens: float | None, num_micro_batches: int
-    ) -> LossOutput:
+    ) -> tuple[LossOutput, Tensor]:
+        """The micro-batch's loss and its detached ``[n, L]`` policy log-probs."""
         g = self.grpo
         if g.needs_entropies:
             logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
         else:
             logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
+        old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()  # [n, L]
         is_weights = None
-        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None and mb.old_logprobs is not None:
+        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None:
             is_weights = sampler_is_weights(
-                mb.old_logprobs, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
+                old, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
                 g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
                 g.vllm_importance_sampling_clip_max,
             )  # fmt: skip
         entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
         if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
             entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
-        return grpo_loss(
+        out = grpo_loss(
             logprobs,
             mb.old_logprobs,
             mb.ref_logprobs,
@@ -281,6 +292,7 @@ class GRPOModule(L.LightningModule):
             entropies=entropies,
             entropy_coef=entropy_coef,
         )
+        return out, logprobs.detach()
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
@@ -290,7 +302,8 @@ class GRPOModule(L.LightningModule):
         self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
-    def _log_rollout(self, rollout: RolloutBatch) -> None:
+    def _log_rollout(self, rollout: RolloutBatch, pre_update_logprobs: Tensor) -> None:
+        """Completion-length statistics, and the sampler gap against the first pass's ``[N, L]`` log-probs."""
         lengths = rollout.completion_mask.sum(dim=1).float()  # [N]
         metrics = {
             "train/completions/mean_length": lengths.mean(),
@@ -298,8 +311,8 @@ class GRPOModule(L.LightningModule):
             "train/completions/max_length": lengths.max(),
             "train/completions/clipped_ratio": rollout.truncated.float().mean(),
         }
-        if rollout.sampler_logprobs is not None and rollout.old_logprobs is not None:
-            gap = logprob_gap(rollout.sampler_logprobs, rollout.old_logprobs, rollout.completion_mask)
+        if rollout.sampler_logprobs is not None:
+            gap = logprob_gap(rollout.sampler_logprobs, pre_update_logprobs, rollout.completion_mask)
             metrics["train/sampler_logprob_diff"] = gap
         self.log_dict(metrics, on_step=True, on_epoch=False, sync_dist=True)
 

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
-from openrs_pl.grpo.loss import grpo_loss
+from openrs_pl.grpo.loss import grpo_loss, logprob_gap
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
@@ -168,6 +168,9 @@ CASES = {
     },
     "beta": {"loss_type": "grpo", "beta": 0.3},
     "beta0": {"loss_type": "grpo", "beta": 0.0},
+    # Reference, old and policy passes padding-free (12 tokens: several rows per pass), then with shared prompts.
+    "packed": {"loss_type": "bnpo", "packing": True, "pack_tokens": 12},
+    "packed_shared": {"loss_type": "dapo", "packing": True, "pack_tokens": 12, "share_prompts": True},
 }
 
 
@@ -179,10 +182,12 @@ def test_step_gradients_equal_direct_grpo_loss(tiny_model_dir: Path, tmp_path: P
     captured = fit_one_step(module, rollout, tmp_path)
     assert len(captured.grads) == 2, "num_iterations=2: two optimizer steps on one generation batch"
     initial = captured.weights[0]
+    # The expected pass is padded: a packed layout sums in another order (float32 rounding, ~1e-6 of the max).
+    atol = 1e-5 if cfg.get("packing") else 1e-7
     for step in range(2):
         grads, loss, kl = expected_pass(tiny_model_dir, captured.weights[step], initial, rollout, **cfg)
         for name, got in captured.grads[step].items():
-            torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=1e-7, msg=f"pass {step} {name}")
+            torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=atol, msg=f"pass {step} {name}")
     metrics = module.trainer_metrics  # type: ignore[attr-defined]
     # Logged values are those of the last pass.
     torch.testing.assert_close(metrics["train/loss"], loss, rtol=1e-5, atol=1e-7)
@@ -213,3 +218,53 @@ def test_second_iteration_uses_the_old_logprobs(tiny_model_dir: Path, tmp_path: 
     captured = fit_one_step(module, rollout, tmp_path)
     assert len(captured.grads) == 2, "two optimizer steps on one generation batch"
     assert module.trainer_metrics["train/clip_ratio"] > 0  # type: ignore[attr-defined]
+
+
+def test_one_pass_takes_the_old_logprobs_from_the_training_forward(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """num_iterations=1 with sampler log-probs: the IS weights and the sampler-gap metric use the training forward's
+    detached log-probs (equal to the pre-update policy's), and the policy runs no forward beyond the training one."""
+    cfg = CASES["is_token_truncate"]
+    module = make_module(tiny_model_dir, **cfg)
+    rollout = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+    forwards: list[int] = []
+    module.policy.register_forward_hook(lambda _m, _i, out: forwards.append(out.logits.shape[0]))
+    captured = fit_one_step(module, rollout, tmp_path)
+    # 2 micro-batches of 2 rows, logprob_chunk_size 2: one forward each; an extra "old" pass would add 2 more.
+    assert forwards == [2, 2]
+    weights = captured.weights[0]
+    grads, loss, _ = expected_pass(tiny_model_dir, weights, weights, rollout, **cfg)
+    for name, got in captured.grads[0].items():
+        torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=1e-7, msg=name)
+    metrics = module.trainer_metrics  # type: ignore[attr-defined]
+    torch.testing.assert_close(metrics["train/loss"], loss, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        old = logprobs(load(tiny_model_dir, weights), rollout)
+    assert rollout.sampler_logprobs is not None
+    gap = logprob_gap(rollout.sampler_logprobs, old, rollout.completion_mask)
+    assert gap > 0.1  # the sampler disagrees, so IS weights differ from 1 and the metric is not trivially 0
+    torch.testing.assert_close(metrics["train/sampler_logprob_diff"], gap, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_packing_reaches_every_log_prob_pass(tiny_model_dir: Path, tmp_path: Path, share: bool) -> None:
+    """With grpo.packing the reference, old and policy passes all see packed rows (one sequence run per row, no
+    pad token), with an explicit mask exactly when prompts are shared; the values are checked in CASES above."""
+    module = make_module(tiny_model_dir, num_iterations=2, packing=True, pack_tokens=64, share_prompts=share)
+    rollout = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+    real_tokens = int(rollout.prompt_mask.sum() + rollout.completion_mask.sum())
+    shared_prompt_tokens = 3 + 2  # the two prompts, once per group of G = 2
+    seen: dict[str, list[tuple[int, int, bool]]] = {"policy": [], "reference": []}
+    for name, model in (("policy", module.policy), ("reference", module.reference)):
+        model.register_forward_pre_hook(  # type: ignore[union-attr]
+            lambda _m, _a, kw, name=name: seen[name].append(
+                (*kw["input_ids"].shape, kw["attention_mask"] is not None and kw["attention_mask"].dim() == 4)
+            ),
+            with_kwargs=True,
+        )
+    fit_one_step(module, rollout, tmp_path)
+    tokens = shared_prompt_tokens + int(rollout.completion_mask.sum()) if share else real_tokens
+    assert seen["reference"] == [(1, tokens, share)]  # the whole rollout in one row
+    # old log-probs: the whole rollout in one row; then 2 passes x 2 micro-batches of one group each.
+    assert [rows for rows, _, _ in seen["policy"]] == [1] * 5
+    assert all(mask == share for _, _, mask in seen["policy"])
+    assert seen["policy"][0][1] == tokens and sum(t for _, t, _ in seen["policy"][1:3]) == tokens
