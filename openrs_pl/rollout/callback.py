@@ -27,10 +27,11 @@ from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
+from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig
 
-EngineName = Literal["hf", "vllm"]
+EngineName = Literal["hf", "vllm", "process"]
 
 
 def policy_source(pl_module: L.LightningModule) -> PolicySource:
@@ -55,8 +56,10 @@ class RolloutCallback(L.Callback):
         max_completion_length: completion length limit in tokens (also dr_grpo's constant, linked by the CLI).
         scale_rewards: divide advantages by the group std (GRPO), the batch std (all ranks), or not at all
             (Dr. GRPO).
-        engine: ``hf`` (``model.generate`` on the policy; nothing to sync) or ``vllm``.
+        engine: ``hf`` (``model.generate`` on the policy; nothing to sync), ``vllm``, or ``process`` (a generator
+            process holding a copy of the policy, weights pushed over torch.distributed).
         vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
+        process: generator-process settings (mode dedicated|per_rank, device, backend, sync_every).
         hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
         seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
         multi_objective_aggregation: sum_then_normalize: weighted reward sum, then group advantages (GRPO, the
@@ -79,6 +82,7 @@ class RolloutCallback(L.Callback):
         scale_rewards: ScaleRewards = "group",
         engine: EngineName = "hf",
         vllm: VLLMConfig = VLLMConfig(),
+        process: ProcessEngineConfig = ProcessEngineConfig(),
         hf_batch_size: int | None = None,
         seed: int = 42,
         multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize",
@@ -111,6 +115,7 @@ class RolloutCallback(L.Callback):
         self.scale_rewards: ScaleRewards = scale_rewards
         self.engine_name = engine
         self.vllm_config = vllm
+        self.process_config = process
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
@@ -127,6 +132,10 @@ class RolloutCallback(L.Callback):
         source = policy_source(pl_module)
         if self.engine_name == "hf":
             self.engine = HFEngine.for_policy(source, batch_size=self.hf_batch_size)
+        elif self.engine_name == "process":
+            # Dedicated: rank 0 starts the one generator; per_rank: every rank starts its own.
+            dedicated = self.process_config.mode == "dedicated" and trainer.global_rank != 0
+            self.engine = None if dedicated else ProcessEngine.for_policy(source, self.process_config)
         else:
             self.engine = self._build_vllm_engine(trainer, source)
 
@@ -152,6 +161,10 @@ class RolloutCallback(L.Callback):
             self.engine.close()
         self.engine = None
 
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning skips `teardown` after an error; a generator process must not outlive the failed fit.
+        self.teardown(trainer, pl_module, "fit")
+
     # ------------------------------------------------------------------------------------------- per step
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -172,12 +185,16 @@ class RolloutCallback(L.Callback):
 
     def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Completions for this rank's prompts (in the dedicated vLLM mode, via rank 0). Every rank must call it."""
-        if self.engine_name == "vllm" and self.vllm_config.mode == "dedicated":
+        if (self.engine_name, self._engine_mode) in (("vllm", "dedicated"), ("process", "dedicated")):
             from openrs_pl.rollout.dispatch import generate_on_rank_zero
 
             return generate_on_rank_zero(self.engine, prompt_ids, sampling)
         assert self.engine is not None, "engine not built: RolloutCallback.on_fit_start did not run"
         return self.engine.generate(prompt_ids, sampling)
+
+    @property
+    def _engine_mode(self) -> str | None:
+        return {"vllm": self.vllm_config.mode, "process": self.process_config.mode}.get(self.engine_name)
 
     def score(
         self,
