@@ -43,7 +43,7 @@ from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
-from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
+from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights, stale_is_weights
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
@@ -250,13 +250,7 @@ class GRPOModule(L.LightningModule):
             logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
         else:
             logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
-        is_weights = None
-        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None and mb.old_logprobs is not None:
-            is_weights = sampler_is_weights(
-                mb.old_logprobs, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
-                g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
-                g.vllm_importance_sampling_clip_max,
-            )  # fmt: skip
+        is_weights = self._is_weights(mb)
         entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
         if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
             entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
@@ -275,6 +269,24 @@ class GRPOModule(L.LightningModule):
             entropies=entropies,
             entropy_coef=entropy_coef,
         )
+
+    def _is_weights(self, mb: RolloutBatch) -> Tensor | None:
+        """Importance weights for the engine's samples: the configured sampler correction when on, else truncated
+        IS on the completions that overlapped rollouts sampled with older weights; None when there is nothing to
+        correct."""
+        g = self.grpo
+        if mb.sampler_logprobs is None or mb.old_logprobs is None:
+            return None
+        mask = loss_mask(mb.completion_mask, mb.truncated, False)  # [n, L]
+        if g.vllm_importance_sampling_correction:
+            return sampler_is_weights(
+                mb.old_logprobs, mb.sampler_logprobs, mask, g.vllm_importance_sampling_mode,
+                g.vllm_importance_sampling_clip_min, g.vllm_importance_sampling_clip_max,
+            )  # fmt: skip
+        if mb.staleness is not None and bool((mb.staleness > 0).any()):
+            cap = g.vllm_importance_sampling_clip_max
+            return stale_is_weights(mb.old_logprobs, mb.sampler_logprobs, mask, mb.staleness, cap)
+        return None
 
     def _clip_gradients(self, opt: Any) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
