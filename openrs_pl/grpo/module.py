@@ -45,7 +45,7 @@ from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
-from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
+from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights, stale_is_weights
 from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
@@ -267,13 +267,7 @@ class GRPOModule(L.LightningModule):
         else:
             logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
         old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()  # [n, L]
-        is_weights = None
-        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None:
-            is_weights = sampler_is_weights(
-                old, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
-                g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
-                g.vllm_importance_sampling_clip_max,
-            )  # fmt: skip
+        is_weights = self._is_weights(mb, old)
         entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
         if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
             entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
@@ -293,6 +287,24 @@ class GRPOModule(L.LightningModule):
             entropy_coef=entropy_coef,
         )
         return out, logprobs.detach()
+
+    def _is_weights(self, mb: RolloutBatch, old: Tensor) -> Tensor | None:
+        """Importance weights for the engine's samples against the pre-update policy's ``old`` ``[n, L]``
+        log-probs: the configured sampler correction when on, else truncated IS on the completions that overlapped
+        rollouts sampled with older weights; None when there is nothing to correct."""
+        g = self.grpo
+        if mb.sampler_logprobs is None:
+            return None
+        mask = loss_mask(mb.completion_mask, mb.truncated, False)  # [n, L]
+        if g.vllm_importance_sampling_correction:
+            return sampler_is_weights(
+                old, mb.sampler_logprobs, mask, g.vllm_importance_sampling_mode,
+                g.vllm_importance_sampling_clip_min, g.vllm_importance_sampling_clip_max,
+            )  # fmt: skip
+        if mb.staleness is not None and bool((mb.staleness > 0).any()):
+            cap = g.vllm_importance_sampling_clip_max
+            return stale_is_weights(old, mb.sampler_logprobs, mask, mb.staleness, cap)
+        return None
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
