@@ -392,7 +392,7 @@ def warm_start(
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return losses
