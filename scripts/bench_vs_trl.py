@@ -781,7 +781,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--prompt-len", type=int, default=64, help="target chat-prompt length in tokens")
     p.add_argument("--prompt-len-tolerance", type=int, default=4)
     p.add_argument(
-        "--warm-start-steps", type=int, default=60, help="SFT steps giving completions a length spread (0 = random)"
+        "--warm-start-steps", type=int, default=30, help="SFT steps giving completions a length spread (0 = random)"
     )
     p.add_argument("--no-loss-check", action="store_true", help="skip running the loss-equality test against TRL")
     p.add_argument("--out", type=Path, default=Path("bench_vs_trl.json"))
