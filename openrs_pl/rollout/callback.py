@@ -28,7 +28,7 @@ from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, p
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
-from openrs_pl.rollout.vllm_engine import VLLMConfig
+from openrs_pl.rollout.vllm_config import VLLMConfig
 
 EngineName = Literal["hf", "vllm"]
 
