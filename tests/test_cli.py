@@ -80,17 +80,26 @@ def test_linked_values_follow_the_rollout_group() -> None:
         parse(["--config", "configs/tiny_cpu.yaml", "--model.temperature", "0.9"])
 
 
-def test_fit_help_documents_every_field() -> None:
-    """`openrs-pl fit --help` (the installed console script) lists every config field with its docstring."""
+def test_fit_help_documents_every_field_without_importing_vllm() -> None:
+    """`openrs-pl fit --help` (the installed console script) lists every config field with its docstring.
+
+    The vLLM fields are documented without importing vLLM: ``-X importtime`` (``PYTHONPROFILEIMPORTTIME``) lists
+    every module the process imported on stderr.
+    """
+    import os
     import subprocess
     from dataclasses import fields
 
     from openrs_pl.grpo.config import GRPOConfig, OptimConfig
-    from openrs_pl.rollout.vllm_engine import VLLMConfig
+    from openrs_pl.rollout.vllm_config import VLLMConfig
 
     script = str(Path(sys.executable).with_name("openrs-pl"))  # the installed console script
-    out = subprocess.run([script, "fit", "--help"], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1]), "PYTHONPROFILEIMPORTTIME": "1"}
+    out = subprocess.run([script, "fit", "--help"], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    imported = re.findall(r"^import time:.*\|\s*(\S+)$", out.stderr, flags=re.MULTILINE)
+    assert "openrs_pl.rollout.vllm_config" in imported, "PYTHONPROFILEIMPORTTIME lists the imports"
+    assert not [m for m in imported if m.split(".")[0] == "vllm"], "fit --help imported vLLM"
     text = " ".join(out.stdout.split())  # argparse wraps lines
     for group, cls in (("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig)):
         for f in fields(cls):
@@ -102,6 +111,7 @@ def test_fit_help_documents_every_field() -> None:
     assert "KL coefficient against the frozen reference (k3 estimator)." in text
     assert "Floor of the cosine decay, as a fraction of lr" in text
     assert "completions sampled per prompt (the group size G, at least 2)" in text
+    assert "Fraction of device memory vLLM may use (weights + KV cache)." in text
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:

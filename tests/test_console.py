@@ -51,7 +51,7 @@ def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
 
     from openrs_pl.rewards import RewardSpec
     from openrs_pl.rollout.callback import RolloutCallback
-    from openrs_pl.rollout.vllm_engine import VLLMConfig
+    from openrs_pl.rollout.vllm_config import VLLMConfig
 
     def trainer(accelerator: object, *callbacks: object) -> SimpleNamespace:
         return SimpleNamespace(accelerator=accelerator, world_size=3, callbacks=list(callbacks))

@@ -182,7 +182,8 @@ def build_engine(cfg: EvalConfig, tokenizer: Any, max_prompt_len: int) -> tuple[
     shard = cfg.shard_index or 0
     on_gpu = torch.cuda.is_available()
     if name == "vllm":
-        from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+        from openrs_pl.rollout.vllm_config import VLLMConfig
+        from openrs_pl.rollout.vllm_engine import VLLMEngine
 
         vllm_cfg = VLLMConfig(
             device="cuda:0" if on_gpu else "cpu",  # workers see only their own GPU

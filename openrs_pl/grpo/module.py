@@ -25,7 +25,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import lightning as L
 import torch
@@ -50,9 +50,6 @@ from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
-
-if TYPE_CHECKING:
-    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -403,7 +400,16 @@ def _is_deepspeed(strategy: Any) -> bool:
     return isinstance(strategy, DeepSpeedStrategy)
 
 
-def _deepspeed_engine(trainer: L.Trainer) -> DeepSpeedEngine | None:
+class _DeepSpeedEngine(Protocol):
+    """The calls the optimizer step makes on ``deepspeed.DeepSpeedEngine`` (typed here: deepspeed ships no types,
+    and a ``TYPE_CHECKING`` import would still run when the CLI resolves this module's annotations)."""
+
+    def get_global_grad_norm(self) -> float | None: ...
+
+    def set_gradient_accumulation_boundary(self, is_gradient_accumulation_boundary: bool) -> None: ...
+
+
+def _deepspeed_engine(trainer: L.Trainer) -> _DeepSpeedEngine | None:
     """The engine DeepSpeed wraps the module in, or None under any other strategy."""
     from lightning.pytorch.strategies import DeepSpeedStrategy
 

