@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger
@@ -18,7 +19,9 @@ from transformers import AutoTokenizer
 
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.eval.validation import ValidationPassAtK
-from tests.eval.scripted import ScriptedEngine, TinyPolicyModule
+
+if TYPE_CHECKING:
+    from tests.eval.scripted import ScriptedEngine
 
 
 def right_samples(benchmark: int, problem: int) -> set[int]:
@@ -41,6 +44,9 @@ class Recorder(L.Callback):
 
 
 def main(model_dir: str, out: str, num_problems: str, samples: str, *benchmarks: str) -> None:
+    # Here, not at the top: pytest's doctest collection imports this file without the repository root on sys.path.
+    from tests.eval.scripted import ScriptedEngine, TinyPolicyModule
+
     problems = {b: load_benchmark(b)[: int(num_problems)] for b in benchmarks}
     golds = {r["problem"]: r["answer"] for rows in problems.values() for r in rows}
     engine = ScriptedEngine(AutoTokenizer.from_pretrained(model_dir), golds)
