@@ -3,41 +3,24 @@
 from __future__ import annotations
 
 import csv
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
-import torch
 from lightning.pytorch.loggers import CSVLogger
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from openrs_pl.data.benchmarks import load_benchmark
 from openrs_pl.eval.validation import ValidationPassAtK
 from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
 
-from .scripted import ScriptedEngine
-
-
-class TinyPolicyModule(L.LightningModule):
-    """Just enough of the GRPO module for the callback: ``policy``, ``tokenizer`` and a trivial loss."""
-
-    def __init__(self, model_dir: Path) -> None:
-        super().__init__()
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.policy = AutoModelForCausalLM.from_pretrained(model_dir)
-        self.pad_token_id = self.tokenizer.pad_token_id
-        self.name_or_path = str(model_dir)
-
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return self.policy.model.embed_tokens.weight.sum() * 0.0 + batch.sum() * 0.0
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.policy.parameters(), lr=0.0)
-
-    def train_dataloader(self) -> torch.utils.data.DataLoader:
-        return torch.utils.data.DataLoader(torch.zeros(16, 1), batch_size=1)
+from .scripted import ScriptedEngine, TinyPolicyModule
 
 
 def policy_stub(tokenizer) -> SimpleNamespace:
@@ -122,3 +105,47 @@ def test_checks_when_global_step_jumps_over_a_multiple() -> None:
     for step in range(0, 16, 3):
         callback.on_train_batch_start(SimpleNamespace(global_step=step), None, None, 0)  # type: ignore[arg-type]
     assert checked == [6, 12, 15]
+
+
+BENCHMARKS = ("aime24", "amc23")
+NUM_PROBLEMS = 5
+SAMPLES = 2
+
+
+def pass_at_1(answered: dict[str, list[bool]], benchmark: str, num_problems: int) -> float:
+    """Mean over the benchmark's first problems present in ``answered`` of the fraction of right samples."""
+    problems = [r["problem"] for r in load_benchmark(benchmark)[:num_problems] if r["problem"] in answered]
+    return sum(sum(answered[p]) / len(answered[p]) for p in problems) / len(problems)
+
+
+@pytest.mark.slow
+def test_two_rank_ddp_pass_at_1_is_over_both_ranks_samples(tiny_model_dir: Path, tmp_path: Path) -> None:
+    root = Path(__file__).parents[2]
+    env = os.environ | {"PYTHONPATH": str(root), "OPENRS_GRADING_WORKERS": "1", "OMP_NUM_THREADS": "1"}
+    script = str(root / "tests/eval/ddp_validation.py")
+    proc = subprocess.run(
+        [sys.executable, script, str(tiny_model_dir), str(tmp_path), str(NUM_PROBLEMS), str(SAMPLES), *BENCHMARKS],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    answered = [r["answered"] for r in ranks]
+    # The ranks split the problems: each of the first NUM_PROBLEMS of each benchmark was sampled on exactly one.
+    assert not set(answered[0]) & set(answered[1])
+    union = answered[0] | answered[1]
+    assert set(union) == {r["problem"] for b in BENCHMARKS for r in load_benchmark(b)[:NUM_PROBLEMS]}
+    assert all(len(flags) == SAMPLES for flags in union.values())
+
+    expected = {f"val/pass@1/{b}": pass_at_1(union, b, NUM_PROBLEMS) for b in BENCHMARKS}
+    expected["val/pass@1/avg"] = sum(expected.values()) / len(BENCHMARKS)
+    rows = [r for r in csv.DictReader((tmp_path / "val/version_0/metrics.csv").open()) if r.get("val/pass@1/avg")]
+    assert [int(r["step"]) for r in rows] == [1, 2]  # the check after step 1, and the one at fit end
+    for row in rows:
+        assert {k: float(row[k]) for k in expected} == pytest.approx(expected, abs=1e-6)
+    for rank in ranks:  # every rank ends with the same, gathered value
+        assert rank["metrics"] == pytest.approx(expected, abs=1e-6)
+    # The scripted answers tell a one-rank or averaged-over-ranks value apart from the gathered one (aime24: 0.6
+    # over all problems, 0.5 and 0.75 on each rank, 0.625 averaged over ranks) by far more than the 1e-6 above.
+    for b in BENCHMARKS:
+        own = [pass_at_1(a, b, NUM_PROBLEMS) for a in answered]
+        assert min(abs(v - expected[f"val/pass@1/{b}"]) for v in [*own, sum(own) / 2]) > 0.02
