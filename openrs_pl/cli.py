@@ -97,6 +97,7 @@ class OpenRSCLI(LightningCLI):
         parser.link_arguments("model.name_or_path", "data.tokenizer")
         parser.link_arguments("rollout.temperature", "model.temperature")
         parser.link_arguments("rollout.max_completion_length", "model.max_completion_length")
+        parser.link_arguments("rollout.overlap", "data.lookahead")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
         # Our step-counting bar replaces Lightning's default one, unless bars are off or the config names one.

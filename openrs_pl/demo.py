@@ -206,7 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     after = evaluate(final, heldout)
     print("[demo] after GRPO, the same three problems:")
     print("\n".join(example_lines(final, examples)), flush=True)
-    metrics_csv = Path(str(cli.trainer.logger.log_dir)) / "metrics.csv"
+    logger = cli.trainer.logger
+    if logger is None or logger.log_dir is None:  # configs/tiny_cpu.yaml sets a CSV logger, the plot reads it
+        raise RuntimeError("the demo's fit ran without a CSV logger: no metrics.csv to plot")
+    metrics_csv = Path(logger.log_dir) / "metrics.csv"
     plot_story(metrics_csv, before, after, out / "demo.png")
     print(f"\nHeld-out problems: {len(heldout)} (greedy decoding)")
     print(f"| {'metric':<16} | {'before GRPO':>11} | {'after GRPO':>10} |\n|{'-' * 18}|{'-' * 13}|{'-' * 12}|")

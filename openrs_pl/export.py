@@ -11,12 +11,21 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 HF_FILES_KEY = "hf_files"
+
+
+@runtime_checkable
+class HFExportable(Protocol):
+    """A training module that can write its policy as a plain HF folder (what :class:`HFExport` calls)."""
+
+    def export_hf(self, out_dir: str | Path) -> Path:
+        """Save the policy and tokenizer under ``out_dir`` (loadable by transformers and vLLM); returns it."""
+        ...
 
 
 class ExportError(ValueError):

@@ -177,7 +177,7 @@ def trainer_memory(shape: ModelShape, t: TrainLayout) -> dict[str, int]:
         "master_weights": 4 * p // _shard(s, 1, t.ranks) if deepspeed and w < 4 else 0,
         "optimizer_states": (8 * p // _shard(s, 1, t.ranks)) if deepspeed else 2 * p * w,
         "gradients": p * w // _shard(s, 2, t.ranks),
-        "deepspeed_buckets": t.reduce_bucket_elements * w if deepspeed and s >= 2 else 0,
+        "deepspeed_buckets": t.reduce_bucket_elements * w if s is not None and s >= 2 else 0,
         "reference": p * w if t.reference else 0,
     }
     act = {}

@@ -19,8 +19,8 @@ On a machine with 2 GPUs (trainer on cuda:0, vLLM on cuda:1), the recipe's shape
 
     python scripts/bench_gpu.py --device cuda:0 --vllm-device cuda:1 --out bench_gpu.json
 
-``--tiny`` runs the same code on CPU with the test suite's tiny Qwen2 and small shapes (what CI checks). As of
-this commit the script has only run with ``--tiny`` on CPU; no GPU figures exist yet.
+``--tiny`` runs the same code on CPU with the test suite's tiny Qwen2 and small shapes (what CI checks). GPU
+figures (one H100, ``--engine hf``) are in docs/benchmarks.md.
 """
 
 from __future__ import annotations

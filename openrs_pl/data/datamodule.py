@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
@@ -15,6 +15,9 @@ from openrs_pl.hub import resolve_model
 
 OverlongPrompts = Literal["drop", "truncate"]
 Batch = dict[str, list[Any]]
+
+NEXT_PROMPTS_KEY = "next_prompt_ids"
+"""With ``lookahead``, each batch holds the next batch's ``prompt_ids`` under this key (``None`` after the last)."""
 
 
 def fit_prompt_length(
@@ -52,6 +55,31 @@ def collate_rows(rows: list[dict[str, Any]]) -> Batch:
     return {key: [row.get(key) for row in rows] for key in keys}
 
 
+def with_lookahead(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The same batches, each with the next one's prompt ids (overlapped rollouts generate them a step early).
+
+    >>> list(with_lookahead([{"prompt_ids": [[1]]}, {"prompt_ids": [[2]]}]))
+    [{'prompt_ids': [[1]], 'next_prompt_ids': [[2]]}, {'prompt_ids': [[2]], 'next_prompt_ids': None}]
+    """
+    iterator = iter(batches)
+    current = next(iterator, None)
+    while current is not None:
+        following = next(iterator, None)
+        yield {**current, NEXT_PROMPTS_KEY: None if following is None else following["prompt_ids"]}
+        current = following
+
+
+class LookaheadLoader(DataLoader):
+    """A ``DataLoader`` whose batches carry the next batch's prompts (:func:`with_lookahead`).
+
+    Reading one batch ahead changes neither the batches nor their order, so the sampler's resume position (batches
+    trained on) still applies; Lightning's own fetcher already reads one batch ahead.
+    """
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+        return with_lookahead(super().__iter__())
+
+
 class ResumableSampler(DistributedSampler):
     """A ``DistributedSampler`` whose next iteration can start part-way, after the prompts already trained on.
 
@@ -85,6 +113,8 @@ class ProblemDataModule(LightningDataModule):
             construction, before ``setup``.
         seed: Seed of the shuffling (the same seed gives the same order; each epoch reshuffles).
         num_workers: DataLoader workers.
+        lookahead: each batch also holds the next batch's prompt ids (``NEXT_PROMPTS_KEY``), for overlapped
+            rollouts (the CLI links it from ``rollout.overlap``).
     """
 
     def __init__(
@@ -101,6 +131,7 @@ class ProblemDataModule(LightningDataModule):
         tokenizer: str | None = None,
         seed: int = 42,
         num_workers: int = 0,
+        lookahead: bool = False,
     ) -> None:
         super().__init__()
         if max_prompt_length < 1 or prompts_per_step < 1:
@@ -121,6 +152,7 @@ class ProblemDataModule(LightningDataModule):
         self.tokenizer = tokenizer
         self.seed = seed
         self.num_workers = num_workers
+        self.lookahead = lookahead
         self.rows: list[dict[str, Any]] = []
         self.stats: dict[str, int] = {}
         self._resume: dict[str, int] = {}
@@ -211,7 +243,8 @@ class ProblemDataModule(LightningDataModule):
         batches_done, self._resume = self._resume.get("batches_done", 0), {}
         if batches_done < len(sampler) // self.prompts_per_step:  # a checkpoint from an epoch's end starts afresh
             sampler.skip = batches_done * self.prompts_per_step
-        return DataLoader(
+        loader = LookaheadLoader if self.lookahead else DataLoader
+        return loader(
             self.rows,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_size=self.prompts_per_step,
             sampler=sampler,

@@ -116,7 +116,8 @@ class GRPOConfig:
     vllm_importance_sampling_clip_min: float | None = None
     """Lower bound of the sampler importance weight; None = none."""
     vllm_importance_sampling_clip_max: float | None = 3.0
-    """Upper bound of the sampler importance weight; None = none."""
+    """Upper bound of the sampler importance weight; None = none. Also the cap of the truncated IS that corrects
+    completions sampled by older weights (``rollout.overlap``) when this correction is off."""
 
     def _check_objective_options(self) -> None:
         if self.delta is not None and self.delta <= 1 + (self.epsilon_high or self.epsilon):

@@ -25,12 +25,14 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
+from torch.optim.lr_scheduler import LRScheduler
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -43,11 +45,14 @@ from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
-from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights
+from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights, stale_is_weights
 from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
 from openrs_pl.rollout.types import RolloutBatch, rollout_from
+
+if TYPE_CHECKING:
+    from deepspeed import DeepSpeedEngine
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -123,7 +128,7 @@ class GRPOModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ PolicySource (the rollout's view)
     # ``policy`` (a submodule: state_dict keys start with "policy.") and ``tokenizer`` exist from load_models on.
-    policy: nn.Module
+    policy: PreTrainedModel
     tokenizer: Any
 
     @property
@@ -198,13 +203,13 @@ class GRPOModule(L.LightningModule):
             return None  # no cross-rank collective for the other normalisations
         mask = loss_mask(rollout.completion_mask, rollout.truncated, self.grpo.mask_truncated_completions)  # [N, L]
         tokens = mask.sum().float()
-        total = self.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
+        total = self.trainer.strategy.all_gather(tokens).sum() if self.trainer.world_size > 1 else tokens
         return float(total) / self.trainer.world_size
 
     def _optimizer_step(self, rollout: RolloutBatch, num_active_tokens: float | None) -> tuple[Tensor, Tensor]:
         """One optimizer step over the rollout's micro-batches: the mean loss and the pass's detached ``[N, L]``
         log-probs (the pre-update policy's)."""
-        opt = self.optimizers()
+        opt = self._optimizer
         micro_batches = list(rollout.micro_batches(self.grpo.micro_batch_size))
         # grpo/bnpo/dr_grpo/sapo/luspo normalise per micro-batch, so accumulation averages them; the denominator
         # of dapo/cispo/vespo already spans the whole step.
@@ -222,15 +227,16 @@ class GRPOModule(L.LightningModule):
                 if value is None:
                     continue
                 totals[name] = totals.get(name, 0.0) + value.detach() / len(micro_batches)
-        grad_norm: Tensor | float | None = self._clip_gradients(opt)
+        grad_norm: Tensor | float | None = self._clip_gradients(opt.optimizer)
         if not step_allowed(self, totals["loss"]):  # TrainingHealth skips a non-finite step: nothing is applied
             opt.zero_grad(set_to_none=True)
             return totals["loss"], torch.cat(pass_logprobs)
         opt.step()
-        if _is_deepspeed(self.trainer.strategy):  # gradients live in ZeRO partitions: ask the engine
-            grad_norm = float(self.trainer.model.get_global_grad_norm() or 0.0)
+        engine = _deepspeed_engine(self.trainer)
+        if engine is not None:  # gradients live in ZeRO partitions: ask the engine
+            grad_norm = float(engine.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
-        self.lr_schedulers().step()
+        self._lr_scheduler.step()
         if self.entropy_control is not None:  # one coefficient on every rank: update it from the mean over ranks
             entropy = self.trainer.strategy.reduce(totals["entropy"], reduce_op="mean")
             totals["entropy_coef"] = torch.tensor(self.entropy_control.update(float(entropy)))  # Lightning moves it
@@ -261,13 +267,7 @@ class GRPOModule(L.LightningModule):
         else:
             logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
         old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()  # [n, L]
-        is_weights = None
-        if g.vllm_importance_sampling_correction and mb.sampler_logprobs is not None:
-            is_weights = sampler_is_weights(
-                old, mb.sampler_logprobs, loss_mask(mb.completion_mask, mb.truncated, False),
-                g.vllm_importance_sampling_mode, g.vllm_importance_sampling_clip_min,
-                g.vllm_importance_sampling_clip_max,
-            )  # fmt: skip
+        is_weights = self._is_weights(mb, old)
         entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
         if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
             entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
@@ -288,12 +288,30 @@ class GRPOModule(L.LightningModule):
         )
         return out, logprobs.detach()
 
-    def _clip_gradients(self, opt: Any) -> Tensor | None:
+    def _is_weights(self, mb: RolloutBatch, old: Tensor) -> Tensor | None:
+        """Importance weights for the engine's samples against the pre-update policy's ``old`` ``[n, L]``
+        log-probs: the configured sampler correction when on, else truncated IS on the completions that overlapped
+        rollouts sampled with older weights; None when there is nothing to correct."""
+        g = self.grpo
+        if mb.sampler_logprobs is None:
+            return None
+        mask = loss_mask(mb.completion_mask, mb.truncated, False)  # [n, L]
+        if g.vllm_importance_sampling_correction:
+            return sampler_is_weights(
+                old, mb.sampler_logprobs, mask, g.vllm_importance_sampling_mode,
+                g.vllm_importance_sampling_clip_min, g.vllm_importance_sampling_clip_max,
+            )  # fmt: skip
+        if mb.staleness is not None and bool((mb.staleness > 0).any()):
+            cap = g.vllm_importance_sampling_clip_max
+            return stale_is_weights(old, mb.sampler_logprobs, mask, mb.staleness, cap)
+        return None
+
+    def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
         if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
             return None
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
         return norm
 
     def _log_rollout(self, rollout: RolloutBatch, pre_update_logprobs: Tensor) -> None:
@@ -329,6 +347,22 @@ class GRPOModule(L.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    # Lightning's accessors are typed for any number of optimizers and schedulers; configure_optimizers returns one
+    # of each, so these narrow to it (and fail loudly should that ever change).
+    @property
+    def _optimizer(self) -> LightningOptimizer:
+        opt = self.optimizers()
+        if not isinstance(opt, LightningOptimizer):
+            raise TypeError(f"GRPOModule trains with one optimizer, got {opt!r}")
+        return opt
+
+    @property
+    def _lr_scheduler(self) -> LRScheduler:
+        scheduler = self.lr_schedulers()
+        if not isinstance(scheduler, LRScheduler):
+            raise TypeError(f"GRPOModule steps one learning-rate scheduler, got {scheduler!r}")
+        return scheduler
+
     def _total_optimizer_steps(self) -> int:
         if self.trainer.max_steps > 0:
             return self.trainer.max_steps
@@ -337,7 +371,7 @@ class GRPOModule(L.LightningModule):
     # -------------------------------------------------------------------------------------------- exporting
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The checkpoint alone is enough for `openrs-pl export`: it keeps the policy's config and tokenizer files.
-        checkpoint[HF_FILES_KEY] = hf_files(cast(PreTrainedModel, self.policy), self.tokenizer)
+        checkpoint[HF_FILES_KEY] = hf_files(self.policy, self.tokenizer)
         if self.entropy_control is not None:  # the adaptive coefficient is training state: resume continues it
             checkpoint["entropy_control"] = asdict(self.entropy_control)
 
@@ -349,7 +383,7 @@ class GRPOModule(L.LightningModule):
         return out
 
 
-def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> nn.Module:
+def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | None) -> PreTrainedModel:
     """``from_pretrained`` with one clear error when the path or hub id cannot be loaded."""
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if attn_implementation is not None:
@@ -367,6 +401,14 @@ def _is_deepspeed(strategy: Any) -> bool:
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return isinstance(strategy, DeepSpeedStrategy)
+
+
+def _deepspeed_engine(trainer: L.Trainer) -> DeepSpeedEngine | None:
+    """The engine DeepSpeed wraps the module in, or None under any other strategy."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    strategy = trainer.strategy
+    return strategy.deepspeed_engine if isinstance(strategy, DeepSpeedStrategy) else None
 
 
 def _no_backward_sync(module: L.LightningModule) -> Any:
@@ -388,5 +430,6 @@ def _set_accumulation_boundary(module: L.LightningModule, is_last: bool) -> None
     without this every backward is a boundary and DeepSpeed 0.19's ZeRO-2 keeps only the last micro-batch's
     gradient. No-op for other strategies.
     """
-    if _is_deepspeed(module.trainer.strategy):
-        module.trainer.model.set_gradient_accumulation_boundary(is_last)
+    engine = _deepspeed_engine(module.trainer)
+    if engine is not None:
+        engine.set_gradient_accumulation_boundary(is_last)

@@ -240,6 +240,26 @@ def sampler_is_weights(
     )
 
 
+def stale_is_weights(
+    old_logprobs: Tensor, sampler_logprobs: Tensor, mask: Tensor, staleness: Tensor, cap: float | None
+) -> Tensor:
+    """Truncated importance weights for completions sampled by older weights (overlapped rollouts), detached.
+
+    ``w_it = min(exp(old_it - sampler_it), cap)`` on rows with ``staleness_i > 0`` (truncated IS, Yao et al. 2025,
+    :func:`sampler_is_weights` in ``token_truncate`` mode), ``w_it = 1`` on rows sampled by the current weights.
+    ``cap`` None = untruncated.
+
+    Shapes: logprobs and mask ``[N, L]``, staleness ``[N]``; returns ``[N, L]``.
+
+    >>> sampler = torch.tensor([[-0.1, -5.0]] * 2)
+    >>> stale_is_weights(torch.zeros(2, 2), sampler, torch.ones(2, 2), torch.tensor([1, 0]), cap=2.0)
+    tensor([[1.1052, 2.0000],
+            [1.0000, 1.0000]])
+    """
+    weights = sampler_is_weights(old_logprobs, sampler_logprobs, mask, "token_truncate", 0.0, cap)  # [N, L]
+    return torch.where(staleness[:, None] > 0, weights, torch.ones_like(weights))
+
+
 def entropy_bonus(entropies: Tensor, mask: Tensor) -> Tensor:
     """Mean entropy over ``mask`` (0 when empty): the loss subtracts ``entropy_coef`` times it (TRL 1.16).
 

@@ -34,6 +34,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
 
+from openrs_pl.export import HFExportable
+
 log = logging.getLogger("openrs_pl.health")
 
 
@@ -92,6 +94,8 @@ class HFExport(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if not isinstance(pl_module, HFExportable):  # on every rank, at the first step: no rank waits alone
+            raise TypeError(f"HFExport needs a module with export_hf(out_dir); {type(pl_module).__name__} has none")
         step = trainer.global_step
         if step == 0 or step % self.every_n_train_steps:
             return
@@ -100,7 +104,7 @@ class HFExport(L.Callback):
         if trainer.is_global_zero:
             self.export(trainer, pl_module, root)
 
-    def export(self, trainer: L.Trainer, pl_module: L.LightningModule, root: Path) -> Path:
+    def export(self, trainer: L.Trainer, pl_module: HFExportable, root: Path) -> Path:
         """Write ``root/step<N>`` atomically (a temporary folder renamed into place) and prune old exports."""
         target = root / f"step{trainer.global_step}"
         tmp = root / f".{target.name}.tmp"

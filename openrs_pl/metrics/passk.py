@@ -69,6 +69,10 @@ class PassAtK(torchmetrics.Metric):
     full_state_update = False
     higher_is_better = True
     is_differentiable = False
+    # Per-update [problems] count tensors (add_state registers them). A synced compute() may briefly see one
+    # concatenated tensor instead of the list; _as_tensor reads either.
+    num_samples: list[Tensor]
+    num_correct: list[Tensor]
 
     def __init__(self, ks: Sequence[int] = (1,), **kwargs) -> None:
         super().__init__(**kwargs)
@@ -107,8 +111,8 @@ class PassAtK(torchmetrics.Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """``{"pass@k": mean over problems}`` for each k (NaN when no problem was added)."""
-        n = _as_tensor(self.num_samples).tolist()  # type: ignore[arg-type]
-        c = _as_tensor(self.num_correct).tolist()  # type: ignore[arg-type]
+        n = _as_tensor(self.num_samples).tolist()
+        c = _as_tensor(self.num_correct).tolist()
         out = {}
         for k in self.ks:
             scores = [pass_at_k(ni, ci, k) for ni, ci in zip(n, c, strict=True)]

@@ -9,6 +9,10 @@ engine samples from the policy itself and ignores the call). The only thing read
 :class:`~openrs_pl.rollout.types.PolicySource`. Groups never straddle ranks: each rank's prompts are expanded to
 their G completions locally, and in the dedicated vLLM mode rank 0 generates for everyone and sends each rank back
 exactly its own groups.
+
+With ``overlap`` on, the engine generates the next step's completions while the current step trains (see
+:mod:`openrs_pl.rollout.overlap`): the DataModule shows each batch the next one's prompts, the callback submits them
+before training, pushes the weights after every step, and tells the module how stale each completion is.
 """
 
 from __future__ import annotations
@@ -21,16 +25,20 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
+from openrs_pl.data.datamodule import NEXT_PROMPTS_KEY
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.advantages import MultiObjectiveAggregation, ScaleRewards, gdpo_advantages, group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, prompt_batches
-from openrs_pl.rollout.engine import GenerationEngine
+from openrs_pl.rollout.engine import AsyncGenerationEngine, GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
+from openrs_pl.rollout.overlap import OverlappedRollouts
+from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
+from openrs_pl.rollout.thread_engine import ThreadEngine
 from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
 from openrs_pl.rollout.vllm_engine import VLLMConfig
 
-EngineName = Literal["hf", "vllm"]
+EngineName = Literal["hf", "vllm", "process"]
 
 
 def policy_source(pl_module: L.LightningModule) -> PolicySource:
@@ -55,8 +63,10 @@ class RolloutCallback(L.Callback):
         max_completion_length: completion length limit in tokens (also dr_grpo's constant, linked by the CLI).
         scale_rewards: divide advantages by the group std (GRPO), the batch std (all ranks), or not at all
             (Dr. GRPO).
-        engine: ``hf`` (``model.generate`` on the policy; nothing to sync) or ``vllm``.
+        engine: ``hf`` (``model.generate`` on the policy; nothing to sync), ``vllm``, or ``process`` (a generator
+            process holding a copy of the policy, weights pushed over torch.distributed).
         vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
+        process: generator-process settings (mode dedicated|per_rank, device, backend, sync_every).
         hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
         seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
         multi_objective_aggregation: sum_then_normalize: weighted reward sum, then group advantages (GRPO, the
@@ -66,6 +76,11 @@ class RolloutCallback(L.Callback):
             more prompts until the batch is full again. Off in the recipe.
         dynamic_sampling_max_draws: extra prompt batches dynamic sampling may draw per step; when they run out the
             batch is topped up with zero-signal groups.
+        overlap: generate step t+1's completions while step t trains (the hf engine then samples in a background
+            thread from its own copy of the policy). Completions become off-policy by one update; the sampler's
+            log-probs are kept and the module applies truncated importance sampling to them. Off in the recipe.
+        max_staleness: with ``overlap``, the most policy updates a trained-on completion may lag behind; staler
+            ones are generated again with the current weights.
     """
 
     def __init__(
@@ -79,11 +94,14 @@ class RolloutCallback(L.Callback):
         scale_rewards: ScaleRewards = "group",
         engine: EngineName = "hf",
         vllm: VLLMConfig = VLLMConfig(),
+        process: ProcessEngineConfig = ProcessEngineConfig(),
         hf_batch_size: int | None = None,
         seed: int = 42,
         multi_objective_aggregation: MultiObjectiveAggregation = "sum_then_normalize",
         dynamic_sampling: bool = False,
         dynamic_sampling_max_draws: int = 4,
+        overlap: bool = False,
+        max_staleness: int = 1,
     ) -> None:
         super().__init__()
         # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
@@ -98,6 +116,8 @@ class RolloutCallback(L.Callback):
         if not rewards:
             raise ValueError("rollout.rewards is empty: GRPO needs at least one reward function")
         validate_reward_specs(rewards)
+        if max_staleness < 0:
+            raise ValueError(f"rollout.max_staleness must be >= 0, got {max_staleness}")
         if dynamic_sampling_max_draws < 0:
             raise ValueError(f"rollout.dynamic_sampling_max_draws must be >= 0, got {dynamic_sampling_max_draws}")
         self.multi_objective_aggregation = multi_objective_aggregation
@@ -111,9 +131,15 @@ class RolloutCallback(L.Callback):
         self.scale_rewards: ScaleRewards = scale_rewards
         self.engine_name = engine
         self.vllm_config = vllm
+        self.process_config = process
         self.hf_batch_size = hf_batch_size
         self.seed = seed
         self.engine: GenerationEngine | None = None
+        self.overlap = overlap
+        self.max_staleness = max_staleness
+        self.overlapped: OverlappedRollouts | None = None
+        self.policy_version = 0  # training steps the policy has taken (overlap mode's clock, checkpointed)
+        self._restored_prefetch: dict[str, Any] = {}
 
     @property
     def num_generations(self) -> int:
@@ -125,15 +151,33 @@ class RolloutCallback(L.Callback):
         if self.engine is not None:
             return
         source = policy_source(pl_module)
-        if self.engine_name == "hf":
+        if self.engine_name == "hf" and self.overlap:
+            self.engine = ThreadEngine.for_policy(source, batch_size=self.hf_batch_size)
+        elif self.engine_name == "hf":
             self.engine = HFEngine.for_policy(source, batch_size=self.hf_batch_size)
+        elif self.engine_name == "process":
+            # Dedicated: rank 0 starts the one generator; per_rank: every rank starts its own.
+            dedicated = self.process_config.mode == "dedicated" and trainer.global_rank != 0
+            self.engine = None if dedicated else ProcessEngine.for_policy(source, self.process_config)
         else:
             self.engine = self._build_vllm_engine(trainer, source)
+        if self.overlap:
+            self._start_overlap()
+
+    def _start_overlap(self) -> None:
+        if not isinstance(self.engine, AsyncGenerationEngine):
+            raise ValueError(
+                f"rollout.overlap needs an engine that generates in the background; {self.engine_name} does not "
+                "(use --rollout.engine hf)"
+            )
+        self.overlapped = OverlappedRollouts(self.engine, self.max_staleness, self.policy_version)
+        self.overlapped.load_state_dict(self._restored_prefetch)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Resuming from a checkpoint (global_step is restored only now): the engine started from the base weights.
+        # Its time is not logged: Lightning refuses on_step logging in on_train_start.
         if trainer.global_step > 0:
-            self._sync(pl_module, force=True)
+            self._sync(pl_module, force=True, log=False)
 
     def _build_vllm_engine(self, trainer: L.Trainer, source: PolicySource) -> GenerationEngine | None:
         from openrs_pl.rollout.vllm_engine import VLLMEngine
@@ -150,33 +194,83 @@ class RolloutCallback(L.Callback):
         if self.engine is not None:
             self.engine.close()
         self.engine = None
+        self.overlapped = None
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning skips teardown after an error: stop the engine here (a generator process must not outlive the
+        # failed fit; a generation thread would keep the interpreter from exiting until its queue ran dry).
+        self.teardown(trainer, pl_module, "fit")
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.overlap:
+            return {}
+        prefetch = self.overlapped.state_dict() if self.overlapped is not None else self._restored_prefetch
+        return {"policy_version": self.policy_version, "prefetch": prefetch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.overlap and state_dict:
+            self.policy_version = state_dict["policy_version"]
+            self._restored_prefetch = state_dict["prefetch"]
 
     # ------------------------------------------------------------------------------------------- per step
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        seed = self.seed + trainer.global_step * max(trainer.world_size, 1) + trainer.global_rank
-        sampling = SamplingConfig(**{**vars(self.sampling), "seed": seed})
+        if self.overlap and NEXT_PROMPTS_KEY not in batch:
+            raise ValueError("rollout.overlap needs the next batch's prompts: set data.lookahead (the CLI links it)")
+        next_prompts = batch.pop(NEXT_PROMPTS_KEY, None)  # not a reward column; None after an epoch's last batch
         start = time.perf_counter()
-        generation = self.generate(trainer, batch["prompt_ids"], sampling)
+        if self.overlap:
+            generation, sampling, staleness = self._overlapped_generation(trainer, batch["prompt_ids"], next_prompts)
+        else:
+            sampling = self._sampling(trainer, trainer.global_step)
+            generation, staleness = self.generate(trainer, batch["prompt_ids"], sampling), 0
         if self.engine is not None:
             self.engine.sleep()  # colocate + sleep mode: free the engine's memory for training
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
-        batch[ROLLOUT_KEY] = self.score(trainer, pl_module, batch, generation, sampling)
+        rollout = self.score(trainer, pl_module, batch, generation, sampling)
+        if self.overlap:  # refilled groups (dynamic sampling) are counted as stale as the batch: IS weight ~1
+            pl_module.log("train/rollout/staleness", float(staleness), on_step=True, on_epoch=False)
+            rollout = replace(rollout, staleness=torch.full((rollout.num_completions,), staleness))
+        batch[ROLLOUT_KEY] = rollout
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.overlap:
+            self.policy_version += 1
         self._sync(pl_module)  # the engine applies its own `sync_every`; the HF engine ignores it
+
+    def _sampling(self, trainer: L.Trainer, step: int) -> SamplingConfig:
+        """The sampling settings with this step's and rank's own seed."""
+        seed = self.seed + step * max(trainer.world_size, 1) + trainer.global_rank
+        return replace(self.sampling, seed=seed)
+
+    def _overlapped_generation(
+        self, trainer: L.Trainer, prompt_ids: list[list[int]], next_prompts: list[list[int]] | None
+    ) -> tuple[GenerationOutput, SamplingConfig, int]:
+        """This step's completions (requested a step ago) and their staleness; the next step's requested now."""
+        assert self.overlapped is not None, "overlap not started: RolloutCallback.on_fit_start did not run"
+        step = self.policy_version
+        sampling = self._sampling(trainer, step)
+        generation, staleness = self.overlapped.take(step, prompt_ids, sampling, policy_version=step)
+        last_step = 0 < trainer.max_steps <= trainer.global_step + 1
+        if next_prompts is not None and not last_step:
+            self.overlapped.prefetch(step + 1, next_prompts, self._sampling(trainer, step + 1))
+        return generation, sampling, staleness
 
     def generate(self, trainer: L.Trainer, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         """Completions for this rank's prompts (in the dedicated vLLM mode, via rank 0). Every rank must call it."""
-        if self.engine_name == "vllm" and self.vllm_config.mode == "dedicated":
+        if (self.engine_name, self._engine_mode) in (("vllm", "dedicated"), ("process", "dedicated")):
             from openrs_pl.rollout.dispatch import generate_on_rank_zero
 
             return generate_on_rank_zero(self.engine, prompt_ids, sampling)
         assert self.engine is not None, "engine not built: RolloutCallback.on_fit_start did not run"
         return self.engine.generate(prompt_ids, sampling)
+
+    @property
+    def _engine_mode(self) -> str | None:
+        return {"vllm": self.vllm_config.mode, "process": self.process_config.mode}.get(self.engine_name)
 
     def score(
         self,
@@ -261,15 +355,19 @@ class RolloutCallback(L.Callback):
         """Every rank's ``values`` concatenated (batch-level statistics need the global batch), when needed."""
         if not needed or trainer.world_size <= 1:
             return values
-        gathered = pl_module.all_gather(values.to(pl_module.device))  # [world, N, ...]
+        gathered = trainer.strategy.all_gather(values.to(pl_module.device))  # [world, N, ...]
         return gathered.reshape(-1, *values.shape[1:]).cpu()
 
-    def _sync(self, pl_module: L.LightningModule, force: bool = False) -> None:
-        if self.engine is None or self.engine_name == "hf":
+    def _sync(self, pl_module: L.LightningModule, force: bool = False, log: bool = True) -> None:
+        if self.engine is None or (self.engine_name == "hf" and not self.overlap):
             return
         start = time.perf_counter()
-        self.engine.sync_weights(policy_source(pl_module).policy, force=force)
-        pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
+        if self.overlapped is not None:  # every step, so that staleness stays one update
+            self.overlapped.push(policy_source(pl_module).policy, self.policy_version)
+        else:
+            self.engine.sync_weights(policy_source(pl_module).policy, force=force)
+        if log:
+            pl_module.log("train/time/sync", time.perf_counter() - start, on_step=True, on_epoch=False)
 
 
 def find_rollout_callback(trainer: L.Trainer) -> RolloutCallback | None:

@@ -99,6 +99,7 @@ class RolloutBatch:
     old_logprobs: Tensor | None = None  # [N, L] float, policy log-probs at sampling time (num_iterations > 1)
     sampler_logprobs: Tensor | None = None  # [N, L] float, log-probs reported by the engine (vLLM)
     ref_logprobs: Tensor | None = None  # [N, L] float, frozen reference log-probs (beta > 0)
+    staleness: Tensor | None = None  # [N] long, policy updates since the sampling weights (overlapped rollouts)
 
     @property
     def num_completions(self) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import DistributedSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from openrs_pl.data.datamodule import ProblemDataModule
+from openrs_pl.data.datamodule import NEXT_PROMPTS_KEY, ProblemDataModule
 from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT
 from openrs_pl.models.tiny import ASSISTANT, BOS, USER
 
@@ -162,9 +162,13 @@ class RecordingModule(pl.LightningModule):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
         self.seen: list[list[int]] = []
+        self.prompts: list[list[list[int]]] = []
+        self.next_prompts: list[list[list[int]] | None] = []
 
     def training_step(self, batch: dict[str, list], batch_idx: int) -> torch.Tensor:
         self.seen.append(batch["k"])
+        self.prompts.append(batch["prompt_ids"])
+        self.next_prompts.append(batch.get(NEXT_PROMPTS_KEY, "absent"))  # type: ignore[arg-type]
         return (self.weight**2).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -218,11 +222,14 @@ def test_misuse_is_reported(data_file: Path) -> None:
         ProblemDataModule(overlong_prompts="cut")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("lookahead", [False, True])
 def test_resume_continues_after_the_batches_already_trained_on(
-    data_file: Path, tiny_model_dir: Path, tmp_path: Path
+    data_file: Path, tiny_model_dir: Path, tmp_path: Path, lookahead: bool
 ) -> None:
     def fit(max_steps: int, ckpt_path: str | None = None) -> list[int]:
-        dm = ProblemDataModule(source=str(data_file), max_prompt_length=4096, prompts_per_step=4, seed=3)
+        dm = ProblemDataModule(
+            source=str(data_file), max_prompt_length=4096, prompts_per_step=4, seed=3, lookahead=lookahead
+        )
         dm.tokenizer = str(tiny_model_dir)
         module = RecordingModule()
         checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1)
@@ -239,3 +246,27 @@ def test_resume_continues_after_the_batches_already_trained_on(
     # Nothing repeated, nothing skipped: the resumed run trains on exactly batches 3-4 of the same epoch.
     assert order == uninterrupted[:8]
     assert resumed == uninterrupted[8:16]
+
+
+def test_lookahead_shows_each_batch_the_next_one_and_changes_nothing_else(
+    data_file: Path, tiny_model_dir: Path
+) -> None:
+    def fit(lookahead: bool) -> RecordingModule:
+        dm = ProblemDataModule(
+            source=str(data_file), max_prompt_length=4096, prompts_per_step=4, seed=3, lookahead=lookahead
+        )
+        dm.tokenizer = str(tiny_model_dir)
+        module = RecordingModule()
+        trainer = pl.Trainer(
+            max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False,
+        )  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+        return module
+
+    plain, ahead = fit(False), fit(True)
+    assert ahead.seen == plain.seen and len(ahead.seen) == 8, "same batches, same order, both epochs"
+    assert plain.next_prompts == ["absent"] * 8
+    # 4 batches per epoch: the last batch of an epoch cannot know the next epoch's shuffle.
+    expected = [ahead.prompts[i + 1] if i % 4 != 3 else None for i in range(8)]
+    assert ahead.next_prompts == expected

@@ -129,6 +129,10 @@ def expected_pass(
         weights_is = None
         if tis_cap is not None:
             weights_is = torch.clamp(torch.exp(old[rows] - mb.sampler_logprobs), max=float(tis_cap))  # type: ignore[arg-type,operator]
+        elif mb.staleness is not None:  # overlapped rollouts: truncated IS on the rows sampled by older weights
+            cap = float(cfg.get("vllm_importance_sampling_clip_max", 3.0))  # type: ignore[arg-type]
+            truncated_is = torch.clamp(torch.exp(old[rows] - mb.sampler_logprobs), max=cap)  # type: ignore[operator]
+            weights_is = torch.where(mb.staleness[:, None] > 0, truncated_is, torch.ones_like(truncated_is))
         out = grpo_loss(
             logprobs(policy, mb),
             old[rows],
@@ -197,6 +201,23 @@ def test_step_gradients_equal_direct_grpo_loss(tiny_model_dir: Path, tmp_path: P
         assert metrics["train/kl"] > 1e-4
     # The second pass's ratios left the clip range somewhere, so the clip settings were exercised.
     assert metrics["train/clip_ratio"] > 0
+
+
+def test_stale_rows_get_truncated_importance_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Overlapped rollouts, sampler correction off: the group sampled by older weights (staleness 1) is weighted by
+    min(exp(old - sampler), clip_max) per token, the fresh group is not."""
+    cfg = {"loss_type": "bnpo", "vllm_importance_sampling_clip_max": 1.5}
+    module = make_module(tiny_model_dir, num_iterations=2, **cfg)
+    plain = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
+    rollout = replace(plain, staleness=torch.tensor([1, 1, 0, 0]))
+    captured = fit_one_step(module, rollout, tmp_path)
+    initial = captured.weights[0]
+    for step in range(2):
+        grads, _, _ = expected_pass(tiny_model_dir, captured.weights[step], initial, rollout, **cfg)
+        unweighted, _, _ = expected_pass(tiny_model_dir, captured.weights[step], initial, plain, **cfg)
+        for name, got in captured.grads[step].items():
+            torch.testing.assert_close(got, grads[name], rtol=1e-4, atol=1e-7, msg=f"pass {step} {name}")
+        assert any(not torch.allclose(grads[n], unweighted[n], rtol=1e-3, atol=1e-6) for n in grads), "weights matter"
 
 
 def test_accumulated_micro_batches_equal_one_full_batch(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -19,12 +19,13 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from openrs_pl.health.checkpointing import version_of
+from openrs_pl.health.checkpointing import HFExport, version_of
 
 ROOT = Path(__file__).parents[2]
 CLI = [str(Path(sys.executable).with_name("openrs-pl"))]
@@ -90,6 +91,21 @@ def test_negative_control_a_plain_torch_save_killed_mid_write_is_corrupt(tmp_pat
 
 
 # --------------------------------------------------------------------------------- the CLI: interrupts, resume
+
+
+def test_hf_export_writes_through_export_hf_and_names_a_module_without_it(tmp_path: Path) -> None:
+    class Exportable(torch.nn.Module):
+        def export_hf(self, out_dir: str | Path) -> Path:
+            Path(out_dir).mkdir(parents=True)
+            (Path(out_dir) / "config.json").write_text("{}")
+            return Path(out_dir)
+
+    trainer = SimpleNamespace(global_step=2, is_global_zero=True)
+    callback = HFExport(every_n_train_steps=2, dirpath=str(tmp_path))
+    callback.on_train_batch_end(trainer, Exportable(), None, None, 0)
+    assert (tmp_path / "step2" / "config.json").is_file()
+    with pytest.raises(TypeError, match="HFExport needs a module with export_hf.*Linear"):
+        callback.on_train_batch_end(trainer, torch.nn.Linear(1, 1), None, None, 0)
 
 
 @pytest.fixture(scope="module")
@@ -160,15 +176,15 @@ def start_and_signal(
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def step_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
-    """metrics.csv rows of the optimizer steps, by step; fails on a step logged twice."""
+def step_metrics(run_dir: Path, keys: tuple[str, ...] = COMPARED) -> dict[int, dict[str, float]]:
+    """metrics.csv rows (``keys``) of the optimizer steps, by step; fails on a step logged twice."""
     by_step: dict[int, dict[str, float]] = {}
     with open(run_dir / "metrics.csv", newline="") as f:
         for row in csv.DictReader(f):
             if row.get("train/loss"):
                 step = int(row["step"])
                 assert step not in by_step, f"step {step} logged twice"
-                by_step[step] = {k: float(row[k]) for k in COMPARED}
+                by_step[step] = {k: float(row[k]) for k in keys}
     return by_step
 
 

@@ -68,6 +68,32 @@ def test_seeded_sampling_is_reproducible(model_and_prompts) -> None:
     assert sample(6) != first
 
 
+@pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 0.9)])
+def test_sampler_logprobs_are_the_drawn_tokens_log_probs(model_and_prompts, top_k: int, top_p: float) -> None:
+    """The HF engine's reported log-probs equal a full forward's log-softmax of the warped logits at each token."""
+    model, tokenizer, prompts = model_and_prompts
+    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, logprobs=True)
+    sampling = SamplingConfig(n=2, temperature=0.7, top_k=top_k, top_p=top_p, max_tokens=8, seed=3)
+    out = engine.generate(prompts, sampling)
+    assert out.logprobs is not None
+    with torch.no_grad():
+        for i, (ids, lps) in enumerate(zip(out.completion_ids, out.logprobs, strict=True)):
+            prompt = prompts[i // 2]
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1 : -1] / 0.7  # [L, V]
+            if top_k:
+                kth = logits.topk(top_k, dim=-1).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            if top_p < 1.0:  # drop the tokens after the smallest prefix (by probability) reaching top_p
+                probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+                drop = (probs.cumsum(-1) - probs) >= top_p
+                logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+            expected = logits.log_softmax(-1).gather(1, torch.tensor(ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(lps), expected, atol=1e-4, rtol=0)
+    plain = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id).generate(prompts, sampling)
+    assert plain.logprobs is None, "off by default"
+    assert plain.completion_ids == out.completion_ids, "reporting log-probs does not change the samples"
+
+
 def expected_advantages(rewards: torch.Tensor, g: int, scale: str) -> torch.Tensor:
     groups = rewards.view(-1, g)
     centred = (groups - groups.mean(dim=1, keepdim=True)).flatten()
