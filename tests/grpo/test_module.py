@@ -118,6 +118,10 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
         (lambda d: RolloutCallback(rewards=[]), "rewards is empty"),
         (lambda d: RolloutCallback(rewards=[RewardSpec("format")], num_generations=1), "num_generations must be >= 2"),
         (lambda d: GRPOModule(name_or_path="./does/not/exist"), "no such local model folder"),
+        (
+            lambda d: GRPOModule(str(d), GRPOConfig(packing=True, share_prompts=True), attn_implementation="flash"),
+            "share_prompts needs sdpa or eager",
+        ),
         (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in setup
     ],
 )
