@@ -9,12 +9,12 @@ completions are truncated as in training) is scored three ways, each in its own 
   (``grpo.packing``), rows of at most ``--pack-tokens`` tokens;
 * ``shared``: the same with each prompt computed once per group (``grpo.share_prompts``).
 
-Per mode: the median seconds of a training pass (forward + backward of the summed log-probs) and of a no-grad pass
-(reference / old policy), the tokens the model computed, and the peak memory of the passes (CUDA: max
-allocated; CPU: the process's peak RSS above its RSS once model and batch exist, so gradient buffers count in
-every mode). The log-probs of every mode are checked against the padded ones. Writes JSON; the model is a
-random-weight Qwen2 of the ``--model`` shape (B = the 24M model of ``scripts/bench_vs_trl.py``). ``--tiny`` runs
-small shapes in seconds (what the test checks)::
+Per mode: the median wall and process-CPU seconds of a training pass (forward + backward of the summed
+log-probs) and of a no-grad pass (reference / old policy), the tokens the model computed, and the peak memory of
+the passes (CUDA: max allocated; CPU: the process's peak RSS above its RSS once model and batch exist, so gradient
+buffers count in every mode). The log-probs of every mode are checked against the padded ones. Writes JSON; the
+model is a random-weight Qwen2 of the ``--model`` shape (B = the 24M model of ``scripts/bench_vs_trl.py``).
+``--tiny`` runs small shapes in seconds (what the test checks)::
 
     python scripts/bench_logprobs.py --model B --out bench_logprobs.json
 """
@@ -121,19 +121,24 @@ def peak_memory(device: torch.device, rss_after_setup: int) -> int:
     return max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_after_setup)
 
 
-def timed(fn: Any, device: torch.device, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up."""
+def timed(fn: Any, device: torch.device, repeats: int) -> tuple[float, float]:
+    """Median wall seconds and median process CPU seconds of ``repeats`` calls after one warm-up.
+
+    With one thread on a shared machine the CPU time is the steadier figure: other processes stretch the wall time
+    of a call, not the CPU time it consumes.
+    """
     fn()
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -153,10 +158,11 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
 
     with torch.no_grad():
         logprobs = score()
-        no_grad_s = timed(score, device, args.repeats)
-    train_s = timed(train_pass, device, args.repeats)
-    return {"train_s": train_s, "no_grad_s": no_grad_s, "tokens": tokens,
-            "peak_memory_bytes": peak_memory(device, rss_after_setup), "logprobs": logprobs.cpu().tolist()}  # fmt: skip
+        no_grad_s, no_grad_cpu_s = timed(score, device, args.repeats)
+    train_s, train_cpu_s = timed(train_pass, device, args.repeats)
+    return {"train_s": train_s, "train_cpu_s": train_cpu_s, "no_grad_s": no_grad_s, "no_grad_cpu_s": no_grad_cpu_s,
+            "tokens": tokens, "peak_memory_bytes": peak_memory(device, rss_after_setup),
+            "logprobs": logprobs.cpu().tolist()}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -190,7 +196,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for mode in ("packed", "shared"):
         got = torch.tensor(results[mode].pop("logprobs"))
         results[mode]["max_abs_logprob_diff"] = float((got - reference)[valid].abs().max())
-        for key in ("train_s", "no_grad_s"):
+        for key in ("train_s", "train_cpu_s", "no_grad_s", "no_grad_cpu_s"):
             results[mode][f"{key.removesuffix('_s')}_speedup"] = results["padded"][key] / results[mode][key]
         padded_memory = results["padded"]["peak_memory_bytes"]
         results[mode]["memory_ratio"] = results[mode]["peak_memory_bytes"] / padded_memory if padded_memory else None

@@ -88,6 +88,9 @@ class GRPOModule(L.LightningModule):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
+        if grpo.share_prompts and attn_implementation not in (None, "sdpa", "eager"):
+            # Shared-prompt rows carry a 4D mask, which flash-attention cannot take: say so before any loading.
+            raise ValueError(f"grpo.share_prompts needs sdpa or eager attention, not {attn_implementation!r}")
         # Local folder or hub id, decided once (fails fast offline); loaders and the vLLM engine read the location.
         location = resolve_model(name_or_path).location
         self.save_hyperparameters()

@@ -118,6 +118,10 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
         (lambda d: RolloutCallback(rewards=[]), "rewards is empty"),
         (lambda d: RolloutCallback(rewards=[RewardSpec("format")], num_generations=1), "num_generations must be >= 2"),
         (lambda d: GRPOModule(name_or_path="./does/not/exist"), "no such local model folder"),
+        (
+            lambda d: GRPOModule(str(d), GRPOConfig(packing=True, share_prompts=True), attn_implementation="flash"),
+            "share_prompts needs sdpa or eager",
+        ),
         (lambda d: GRPOModule(name_or_path=str(d)).policy, "no attribute 'policy'"),  # loads in setup
     ],
 )
@@ -163,8 +167,10 @@ def test_deepspeed_gets_the_clip_norm_in_its_config(tiny_model_dir: Path) -> Non
     assert strategy.config["gradient_clipping"] == 1.0
 
 
-def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """Every config option reaches grpo_loss under its TRL name; entropies come from the same forward's logits."""
+@pytest.mark.parametrize("layout", [{}, {"packing": True, "share_prompts": True}], ids=["padded", "packed_shared"])
+def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path, monkeypatch, layout: dict) -> None:
+    """Every config option reaches grpo_loss under its TRL name; entropies come from the same forward's logits
+    (in the padded and the packed layout)."""
     import openrs_pl.grpo.module as module_mod
     from openrs_pl.grpo.objectives import token_entropy
 
@@ -180,7 +186,7 @@ def test_objective_options_reach_grpo_loss(tiny_model_dir: Path, tmp_path: Path,
         "use_bias_correction_kl": True, "off_policy_mask_threshold": 0.3, "top_entropy_quantile": 0.5,
         "entropy_coef": 0.01, "sapo_temperature_pos": 0.5, "vespo_k_neg": 1.5, "mask_truncated_completions": True,
     }  # fmt: skip
-    module = make_module(tiny_model_dir, beta=0.04, **options)
+    module = make_module(tiny_model_dir, beta=0.04, **options, **layout)
     rollout = fixed_rollout(module, advantages=[1.0, -1.0])
     input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], 1)
     attention = torch.cat([rollout.prompt_mask, rollout.completion_mask], 1)
