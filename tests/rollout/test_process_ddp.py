@@ -31,3 +31,17 @@ def test_two_trainers_one_generator(tiny_model_dir: Path, tmp_path: Path) -> Non
     expected = engine.generate(first[0]["prompt_ids"] + first[1]["prompt_ids"], sampling).completion_ids
     assert first[0]["completion_ids"] + first[1]["completion_ids"] == expected
     assert len(first[1]["completion_ids"]) == 6 * len(first[1]["prompt_ids"]) == 12
+
+
+@pytest.mark.slow
+def test_per_rank_generators_sample_what_each_rank_samples_in_process(tiny_model_dir: Path, tmp_path: Path) -> None:
+    hf = run_two_ranks(tiny_model_dir, tmp_path / "hf", "--rollout.engine", "hf")
+    layout = ("--rollout.engine", "process", "--rollout.process.mode", "per_rank")
+    process = run_two_ranks(tiny_model_dir, tmp_path / "process", *layout)
+    assert [r["engine"] for r in process] == ["ProcessEngine", "ProcessEngine"], "one generator per rank"
+    # Each rank's generator samples that rank's prompts with that rank's seed from the pushed weights: the same
+    # completions at every step as the policy sampling itself, hence the same training, bit for bit.
+    for mine, reference in zip(process, hf, strict=True):
+        assert [s["completion_ids"] for s in mine["rollouts"]] == [s["completion_ids"] for s in reference["rollouts"]]
+        assert mine["weights_sha256"] == reference["weights_sha256"]
+    assert process[0]["rollouts"][0]["completion_ids"] != process[1]["rollouts"][0]["completion_ids"]
