@@ -86,13 +86,18 @@ def test_fit_help_documents_every_field() -> None:
     from dataclasses import fields
 
     from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+    from openrs_pl.rollout.process_engine import ProcessEngineConfig
     from openrs_pl.rollout.vllm_engine import VLLMConfig
 
     script = str(Path(sys.executable).with_name("openrs-pl"))  # the installed console script
     out = subprocess.run([script, "fit", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     text = " ".join(out.stdout.split())  # argparse wraps lines
-    for group, cls in (("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig)):
+    groups = (
+        ("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig),
+        ("rollout.process", ProcessEngineConfig),
+    )  # fmt: skip
+    for group, cls in groups:
         for f in fields(cls):
             assert f"--{group}.{f.name} " in text, f"--{group}.{f.name} missing from fit --help"
     rollout_args = ["rewards", "num_generations", "temperature", "top_p", "top_k", "max_completion_length"]
@@ -102,6 +107,7 @@ def test_fit_help_documents_every_field() -> None:
     assert "KL coefficient against the frozen reference (k3 estimator)." in text
     assert "Floor of the cosine decay, as a fraction of lr" in text
     assert "completions sampled per prompt (the group size G, at least 2)" in text
+    assert "Weight-push backend." in text
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
