@@ -178,3 +178,15 @@ def test_config_errors() -> None:
         ProcessEngineConfig(backend="mpi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sync_every"):
         ProcessEngineConfig(sync_every=0)
+
+
+def test_a_flash_attention_policy_gets_an_sdpa_generator_on_cpu(tiny_model_dir: Path) -> None:
+    from transformers import AutoConfig
+
+    from openrs_pl.rollout.process_engine import _build_model, _WorkerSpec
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config._attn_implementation = "flash_attention_2"  # as a GPU policy loaded with the recipe's setting
+    spec = _WorkerSpec((config, None, torch.float32), "cpu", "gloo", 1, 2, None, 1, "127.0.0.1", 0, 1.0, 0)
+    model = _build_model(spec)
+    assert model.config._attn_implementation == "sdpa"
