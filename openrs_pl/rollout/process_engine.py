@@ -490,9 +490,16 @@ def _worker_main(spec: _WorkerSpec, requests: Queue[Any], pushes: Queue[Any], re
         group = _process_group(spec.backend, store, 1, spec.timeout_s)
         receiver = _Receiver(group, pushes, torch.device(spec.device) if spec.backend == "nccl" else None)
         _serve(engine, model, requests, results, receiver)
+        code = 0
     except Exception:
+        traceback.print_exc()
         results.put(_Failed(None, traceback.format_exc()))
-        raise
+        code = 1
+    # Deliver what is queued, then leave without the interpreter's finalisation: the receiver thread may still hold
+    # the process group, whose C++ threads would then be destroyed at exit and abort the process.
+    results.close()
+    results.join_thread()
+    os._exit(code)
 
 
 def _build_model(spec: _WorkerSpec) -> nn.Module:

@@ -123,6 +123,7 @@ def test_engine_from_a_checkpoint_path_and_sync_every(tiny_model_dir: Path, setu
         assert engine.generate(prompts, SAMPLING).completion_ids == in_process(policy, tokenizer, prompts, SAMPLING)
     finally:
         engine.close()
+    assert engine._process.exitcode == 0, "the worker left by itself, cleanly, when asked to close"
 
 
 def test_a_push_does_not_wait_for_queued_generation(engine, policy, setup) -> None:
@@ -153,6 +154,7 @@ def test_a_push_of_another_architecture_stops_the_worker_with_a_clear_error(tiny
             engine.generate(prompts, SAMPLING)
     finally:
         engine.close()
+    assert engine._process.exitcode == 1
 
 
 def test_pack_unpack_round_trip_keeps_ties_and_dtypes() -> None:
