@@ -78,12 +78,20 @@ def run_log_dir(trainer: L.Trainer) -> str | None:
 
 
 def count_gpus(trainer: L.Trainer) -> int:
-    """GPUs the run holds: the trainer's ranks, plus the dedicated vLLM GPU when there is one (0 on CPU)."""
+    """GPUs the run holds: the trainer's ranks, plus the dedicated vLLM GPU or a generator process's GPU outside the
+    trainer's devices when there is one (0 on CPU)."""
     if trainer.accelerator.__class__.__name__ != "CUDAAccelerator":
         return 0
     rollout = find_rollout_callback(trainer)
     dedicated_vllm = rollout is not None and rollout.engine_name == "vllm" and rollout.vllm_config.mode == "dedicated"
-    return trainer.world_size + int(dedicated_vllm)
+    generator = rollout.process_config.device if rollout is not None and rollout.engine_name == "process" else None
+    own_gpu = generator is not None and generator.startswith("cuda") and _gpu_index(generator) not in trainer.device_ids
+    return trainer.world_size + int(dedicated_vllm or own_gpu)
+
+
+def _gpu_index(device: str) -> int:
+    """``cuda:3`` -> 3, ``cuda`` -> 0."""
+    return int(device.partition(":")[2] or 0)
 
 
 def bar_metrics(metrics: dict[str, Any]) -> dict[str, str]:

@@ -91,6 +91,7 @@ def test_fit_help_documents_every_field_without_importing_vllm() -> None:
     from dataclasses import fields
 
     from openrs_pl.grpo.config import GRPOConfig, OptimConfig
+    from openrs_pl.rollout.process_engine import ProcessEngineConfig
     from openrs_pl.rollout.vllm_config import VLLMConfig
 
     script = str(Path(sys.executable).with_name("openrs-pl"))  # the installed console script
@@ -101,7 +102,11 @@ def test_fit_help_documents_every_field_without_importing_vllm() -> None:
     assert "openrs_pl.rollout.vllm_config" in imported, "PYTHONPROFILEIMPORTTIME lists the imports"
     assert not [m for m in imported if m.split(".")[0] == "vllm"], "fit --help imported vLLM"
     text = " ".join(out.stdout.split())  # argparse wraps lines
-    for group, cls in (("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig)):
+    groups = (
+        ("model.grpo", GRPOConfig), ("model.optim", OptimConfig), ("rollout.vllm", VLLMConfig),
+        ("rollout.process", ProcessEngineConfig),
+    )  # fmt: skip
+    for group, cls in groups:
         for f in fields(cls):
             assert f"--{group}.{f.name} " in text, f"--{group}.{f.name} missing from fit --help"
     rollout_args = ["rewards", "num_generations", "temperature", "top_p", "top_k", "max_completion_length"]
@@ -112,6 +117,7 @@ def test_fit_help_documents_every_field_without_importing_vllm() -> None:
     assert "Floor of the cosine decay, as a fraction of lr" in text
     assert "completions sampled per prompt (the group size G, at least 2)" in text
     assert "Fraction of device memory vLLM may use (weights + KV cache)." in text
+    assert "Weight-push backend." in text
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:

@@ -46,15 +46,16 @@ def test_bar_fields_are_metrics_the_module_logs() -> None:
         assert leaf.startswith("rewards/") or leaf.split("/")[-1] in documented, leaf
 
 
-def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
+def test_gpu_count_adds_a_dedicated_generator_gpu() -> None:
     from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 
     from openrs_pl.rewards import RewardSpec
     from openrs_pl.rollout.callback import RolloutCallback
+    from openrs_pl.rollout.process_engine import ProcessEngineConfig
     from openrs_pl.rollout.vllm_config import VLLMConfig
 
     def trainer(accelerator: object, *callbacks: object) -> SimpleNamespace:
-        return SimpleNamespace(accelerator=accelerator, world_size=3, callbacks=list(callbacks))
+        return SimpleNamespace(accelerator=accelerator, world_size=3, device_ids=[0, 1, 2], callbacks=list(callbacks))
 
     rewards = [RewardSpec("format")]
     # The paper's layout: three trainer GPUs + one vLLM GPU = 4 GPUs billed.
@@ -63,6 +64,15 @@ def test_gpu_count_adds_the_dedicated_vllm_gpu() -> None:
     assert count_gpus(trainer(CUDAAccelerator(), colocated)) == 3
     assert count_gpus(trainer(CUDAAccelerator(), RolloutCallback(rewards, engine="hf"))) == 3
     assert count_gpus(trainer(CPUAccelerator(), RolloutCallback(rewards, engine="vllm"))) == 0
+
+    # A generator process adds a GPU only when it has one of its own.
+    def process(device: str | None) -> RolloutCallback:
+        return RolloutCallback(rewards, engine="process", process=ProcessEngineConfig(device=device))
+
+    assert count_gpus(trainer(CUDAAccelerator(), process("cuda:3"))) == 4
+    assert count_gpus(trainer(CUDAAccelerator(), process("cuda:1"))) == 3
+    assert count_gpus(trainer(CUDAAccelerator(), process(None))) == 3
+    assert count_gpus(trainer(CUDAAccelerator(), process("cpu"))) == 3
 
 
 def test_negative_price_is_rejected() -> None:

@@ -27,9 +27,14 @@ class GenerationFailed:
 def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) -> list[GenerationOutput]:
     """Cut one engine output for all ranks' prompts (concatenated in rank order) into one output per rank.
 
+    Every piece keeps the output's ``weights_version`` (one request, one set of weights).
+
     >>> out = GenerationOutput([[1], [2], [3], [4], [5], [6]], [True] * 6, [[-0.1]] * 6)
     >>> [o.completion_ids for o in split_output(out, [2, 1], n=2)]
     [[[1], [2], [3], [4]], [[5], [6]]]
+    >>> versioned = GenerationOutput([[1], [2], [3], [4]], [True] * 4, weights_version=3)
+    >>> [o.weights_version for o in split_output(versioned, [1, 1], n=2)]
+    [3, 3]
     """
     expected = sum(prompts_per_rank) * n
     if len(output.completion_ids) != expected:
@@ -39,7 +44,11 @@ def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) 
     for count in prompts_per_rank:
         stop = start + count * n
         logprobs = output.logprobs[start:stop] if output.logprobs is not None else None
-        pieces.append(GenerationOutput(output.completion_ids[start:stop], output.finished[start:stop], logprobs))
+        pieces.append(
+            GenerationOutput(
+                output.completion_ids[start:stop], output.finished[start:stop], logprobs, output.weights_version
+            )
+        )
         start = stop
     return pieces
 

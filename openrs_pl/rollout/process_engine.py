@@ -490,9 +490,16 @@ def _worker_main(spec: _WorkerSpec, requests: Queue[Any], pushes: Queue[Any], re
         group = _process_group(spec.backend, store, 1, spec.timeout_s)
         receiver = _Receiver(group, pushes, torch.device(spec.device) if spec.backend == "nccl" else None)
         _serve(engine, model, requests, results, receiver)
+        code = 0
     except Exception:
+        traceback.print_exc()
         results.put(_Failed(None, traceback.format_exc()))
-        raise
+        code = 1
+    # Deliver what is queued, then leave without the interpreter's finalisation: the receiver thread may still hold
+    # the process group, whose C++ threads would then be destroyed at exit and abort the process.
+    results.close()
+    results.join_thread()
+    os._exit(code)
 
 
 def _build_model(spec: _WorkerSpec) -> nn.Module:
@@ -502,10 +509,24 @@ def _build_model(spec: _WorkerSpec) -> nn.Module:
         model = AutoModelForCausalLM.from_pretrained(spec.model)
     else:
         config, generation_config, dtype = spec.model
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # weights arrive with push 0
+        attention = cpu_attention(config, torch.device(spec.device))
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **attention)  # weights arrive with push 0
         if generation_config is not None:
             model.generation_config = generation_config
     return cast(nn.Module, model).to(torch.device(spec.device)).eval()
+
+
+def cpu_attention(config: Any, device: torch.device) -> dict[str, str]:
+    """``from_config`` arguments for a generator on ``device``: a GPU policy's flash attention becomes sdpa on CPU.
+
+    >>> from types import SimpleNamespace
+    >>> cpu_attention(SimpleNamespace(_attn_implementation="flash_attention_2"), torch.device("cpu"))
+    {'attn_implementation': 'sdpa'}
+    >>> cpu_attention(SimpleNamespace(_attn_implementation="flash_attention_2"), torch.device("cuda:1"))
+    {}
+    """
+    attention = getattr(config, "_attn_implementation", None) or ""
+    return {"attn_implementation": "sdpa"} if device.type == "cpu" and "flash" in attention else {}
 
 
 def _serve(engine: Any, model: nn.Module, requests: Queue[Any], results: Queue[Any], receiver: _Receiver) -> None:

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 
 from openrs_pl.cli import cli_main
+from openrs_pl.rollout.callback import find_rollout_callback
 from openrs_pl.rollout.types import ROLLOUT_KEY
 
 
@@ -35,8 +36,11 @@ class Recorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         rollout = batch[ROLLOUT_KEY]
+        lengths = rollout.completion_mask.sum(dim=1).tolist()
         self.rollouts.append(
             {
+                "prompt_ids": batch["prompt_ids"],
+                "completion_ids": [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)],
                 "rewards": rollout.rewards.tolist(),
                 "advantages": rollout.advantages.tolist(),
                 "tokens": [int(rollout.completion_mask.sum())],
@@ -52,6 +56,7 @@ class Recorder(L.Callback):
             "initial_sha256": self.initial_sha256,
             "weights_sha256": weights_sha256(pl_module.policy),
             "step": trainer.global_step,
+            "engine": type(find_rollout_callback(trainer).engine).__name__,
         }
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
 

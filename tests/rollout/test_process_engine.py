@@ -123,6 +123,7 @@ def test_engine_from_a_checkpoint_path_and_sync_every(tiny_model_dir: Path, setu
         assert engine.generate(prompts, SAMPLING).completion_ids == in_process(policy, tokenizer, prompts, SAMPLING)
     finally:
         engine.close()
+    assert engine._process.exitcode == 0, "the worker left by itself, cleanly, when asked to close"
 
 
 def test_a_push_does_not_wait_for_queued_generation(engine, policy, setup) -> None:
@@ -153,6 +154,7 @@ def test_a_push_of_another_architecture_stops_the_worker_with_a_clear_error(tiny
             engine.generate(prompts, SAMPLING)
     finally:
         engine.close()
+    assert engine._process.exitcode == 1
 
 
 def test_pack_unpack_round_trip_keeps_ties_and_dtypes() -> None:
@@ -178,3 +180,15 @@ def test_config_errors() -> None:
         ProcessEngineConfig(backend="mpi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sync_every"):
         ProcessEngineConfig(sync_every=0)
+
+
+def test_a_flash_attention_policy_gets_an_sdpa_generator_on_cpu(tiny_model_dir: Path) -> None:
+    from transformers import AutoConfig
+
+    from openrs_pl.rollout.process_engine import _build_model, _WorkerSpec
+
+    config = AutoConfig.from_pretrained(tiny_model_dir)
+    config._attn_implementation = "flash_attention_2"  # as a GPU policy loaded with the recipe's setting
+    spec = _WorkerSpec((config, None, torch.float32), "cpu", "gloo", 1, 2, None, 1, "127.0.0.1", 0, 1.0, 0)
+    model = _build_model(spec)
+    assert model.config._attn_implementation == "sdpa"
