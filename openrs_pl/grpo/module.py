@@ -169,8 +169,10 @@ class GRPOModule(L.LightningModule):
         """Add the frozen reference's log-probs, and the pre-update policy's when they are needed."""
         ref = self._logprobs(self.reference, rollout) if self.reference is not None else None
         # With one on-policy pass the old policy *is* the current one and the loss uses logp.detach(); it is
-        # computed anyway when the engine reported its own log-probs, to measure (and optionally correct) the gap.
-        needs_old = self.grpo.num_iterations > 1 or rollout.sampler_logprobs is not None
+        # computed anyway when the engine reported its own log-probs, to measure (and optionally correct) the gap,
+        # except for overlapped rollouts, whose IS weights take the training pass's detached log-probs instead.
+        sampler_gap = rollout.sampler_logprobs is not None and rollout.staleness is None
+        needs_old = self.grpo.num_iterations > 1 or sampler_gap
         old = self._logprobs(self.policy, rollout) if needs_old else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
@@ -250,7 +252,7 @@ class GRPOModule(L.LightningModule):
             logprobs, entropies = self._logprobs(self.policy, mb, return_entropy=True)  # [n, L] each, with grad
         else:
             logprobs, entropies = self._logprobs(self.policy, mb), None  # [n, L] with grad
-        is_weights = self._is_weights(mb)
+        is_weights = self._is_weights(mb, logprobs)
         entropy_coef = g.entropy_coef if self.entropy_control is None else self.entropy_control.applied_coef()
         if g.loss_type in GLOBAL_TOKEN_LOSSES:  # the step does not divide these losses by the micro-batch count,
             entropy_coef /= num_micro_batches  # but the bonus is a per-micro-batch mean: average it (as TRL)
@@ -270,22 +272,23 @@ class GRPOModule(L.LightningModule):
             entropy_coef=entropy_coef,
         )
 
-    def _is_weights(self, mb: RolloutBatch) -> Tensor | None:
+    def _is_weights(self, mb: RolloutBatch, logprobs: Tensor) -> Tensor | None:
         """Importance weights for the engine's samples: the configured sampler correction when on, else truncated
         IS on the completions that overlapped rollouts sampled with older weights; None when there is nothing to
-        correct."""
+        correct. ``logprobs`` [n, L]: this pass's, the old ones when no separate old pass ran (one iteration)."""
         g = self.grpo
-        if mb.sampler_logprobs is None or mb.old_logprobs is None:
+        if mb.sampler_logprobs is None:
             return None
+        old = mb.old_logprobs if mb.old_logprobs is not None else logprobs.detach()  # [n, L]
         mask = loss_mask(mb.completion_mask, mb.truncated, False)  # [n, L]
         if g.vllm_importance_sampling_correction:
             return sampler_is_weights(
-                mb.old_logprobs, mb.sampler_logprobs, mask, g.vllm_importance_sampling_mode,
+                old, mb.sampler_logprobs, mask, g.vllm_importance_sampling_mode,
                 g.vllm_importance_sampling_clip_min, g.vllm_importance_sampling_clip_max,
             )  # fmt: skip
         if mb.staleness is not None and bool((mb.staleness > 0).any()):
             cap = g.vllm_importance_sampling_clip_max
-            return stale_is_weights(mb.old_logprobs, mb.sampler_logprobs, mask, mb.staleness, cap)
+            return stale_is_weights(old, mb.sampler_logprobs, mask, mb.staleness, cap)
         return None
 
     def _clip_gradients(self, opt: Any) -> Tensor | None:
