@@ -203,16 +203,23 @@ def test_step_gradients_equal_direct_grpo_loss(tiny_model_dir: Path, tmp_path: P
     assert metrics["train/clip_ratio"] > 0
 
 
-def test_stale_rows_get_truncated_importance_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("num_iterations", [1, 2])
+def test_stale_rows_get_truncated_importance_weights(tiny_model_dir: Path, tmp_path: Path, num_iterations: int) -> None:
     """Overlapped rollouts, sampler correction off: the group sampled by older weights (staleness 1) is weighted by
-    min(exp(old - sampler), clip_max) per token, the fresh group is not."""
+    min(exp(old - sampler), clip_max) per token, the fresh group is not. With one iteration the old log-probs come
+    from the training pass itself (no extra forward), with two from the separate pre-update pass."""
     cfg = {"loss_type": "bnpo", "vllm_importance_sampling_clip_max": 1.5}
-    module = make_module(tiny_model_dir, num_iterations=2, **cfg)
+    module = make_module(tiny_model_dir, num_iterations=num_iterations, **cfg)
     plain = make_rollout(module.pad_token_id, module.tokenizer.eos_token_id)
     rollout = replace(plain, staleness=torch.tensor([1, 1, 0, 0]))
+    passes = []
+    original = module._logprobs
+    module._logprobs = lambda *a, **k: passes.append(1) or original(*a, **k)  # type: ignore[method-assign]
     captured = fit_one_step(module, rollout, tmp_path)
+    # Reference + policy pass per micro-batch (2 of 2 rows) per iteration, + the old pass only with two iterations.
+    assert len(passes) == 1 + 2 * num_iterations + (num_iterations > 1)
     initial = captured.weights[0]
-    for step in range(2):
+    for step in range(num_iterations):
         grads, _, _ = expected_pass(tiny_model_dir, captured.weights[step], initial, rollout, **cfg)
         unweighted, _, _ = expected_pass(tiny_model_dir, captured.weights[step], initial, plain, **cfg)
         for name, got in captured.grads[step].items():
