@@ -680,8 +680,14 @@ def environment() -> dict[str, Any]:
     }
 
 
-def bench_model(name: str, settings: Settings, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Build model ``name`` (warm-started), its prompt set, run every setting on it and compare."""
+def bench_model(
+    name: str, settings: Settings, args: argparse.Namespace, work: Path, progress: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Build model ``name`` (warm-started), its prompt set, run every setting on it and compare.
+
+    ``progress`` gets the partial result after each setting; a setting whose worker fails is recorded under
+    ``failed`` and the others still run.
+    """
     from transformers import AutoTokenizer
 
     from openrs_pl.models.tiny import save_tiny_checkpoint
@@ -706,6 +712,7 @@ def bench_model(name: str, settings: Settings, args: argparse.Namespace, work: P
         "warm_start_loss": [round(losses[0], 3), round(losses[-1], 3)] if losses else None,
         "settings": {},
         "skipped": {},
+        "failed": {},
     }
     for setting in args.settings:
         reason = missing_option(setting.overrides)
@@ -716,9 +723,15 @@ def bench_model(name: str, settings: Settings, args: argparse.Namespace, work: P
         spec_file = work / f"spec_{name}_{setting.name}.json"
         spec = {"settings": asdict(settings), "setting": asdict(setting), "model_dir": str(model_dir)}
         spec_file.write_text(json.dumps(spec | {"data_file": str(data_file)}))
-        summary = run_setting(setting, spec_file, work / f"{name}_{setting.name}.json")
+        try:
+            summary = run_setting(setting, spec_file, work / f"{name}_{setting.name}.json")
+        except RuntimeError as err:
+            result["failed"][setting.name] = str(err)
+            print(err, flush=True)
+            continue
         result["settings"][setting.name] = {"side": setting.side, "overrides": setting.overrides} | summary
-        print(f"{setting.name}: {summary['median_s_per_step']} s/step", flush=True)
+        print(f"{setting.name}: {json.dumps(summary)}", flush=True)
+        progress(result)
     result["best"] = compare_bests(result["settings"], args.settings)
     return result
 
@@ -757,6 +770,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"**{best['steps_per_s_ratio']}**, peak RSS tree ratio {best['peak_rss_tree_ratio']}.",
         ]
     lines += [f"Skipped: `{k}` ({v})" for k, v in result["skipped"].items()]
+    lines += [f"Failed: `{k}` ({v})" for k, v in result["failed"].items()]
     return "\n".join(lines)
 
 
@@ -820,9 +834,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rewards=[r for r in Settings().rewards if r["name"] in names],
     )
     report: dict[str, Any] = {"environment": environment(), "settings": asdict(settings), "results": []}
+
+    def save_partial(result: dict[str, Any]) -> None:  # a cut-off run keeps the settings it finished
+        partial = report | {"results": [*report["results"], result], "partial": True}
+        args.out.write_text(json.dumps(partial, indent=2))
+
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            result = bench_model(name, settings, args, Path(tmp))
+            result = bench_model(name, settings, args, Path(tmp), save_partial)
             report["results"].append(result)
             print(format_table(result), flush=True)
     if not args.no_loss_check:
