@@ -95,9 +95,16 @@ SETTINGS: list[BenchSetting] = [
     BenchSetting("ours-hf-2t", "ours", 2, {"rollout.engine": "hf"}),
     BenchSetting("ours-vllm-1t", "ours", 1, VLLM),
     BenchSetting("ours-vllm-2t", "ours", 2, VLLM),
-    BenchSetting("ours-vllm-overlap-2t", "ours", 2, VLLM | {"rollout.overlap": True}),
+    # vLLM runs in the trainer's process and cannot overlap; the HF engine overlaps in a thread or a process
+    BenchSetting("ours-hf-overlap-2t", "ours", 2, {"rollout.engine": "hf", "rollout.overlap": True}),
     BenchSetting("ours-process-overlap-2t", "ours", 2, {"rollout.engine": "process", "rollout.overlap": True}),
     BenchSetting("ours-vllm-packed-2t", "ours", 2, VLLM | {"grpo.packing": True, "grpo.share_prompts": True}),
+    BenchSetting(
+        "ours-process-overlap-packed-2t",
+        "ours",
+        2,
+        {"rollout.engine": "process", "rollout.overlap": True, "grpo.packing": True, "grpo.share_prompts": True},
+    ),  # fmt: skip
 ]
 
 
@@ -143,7 +150,7 @@ def missing_option(overrides: dict[str, Any]) -> str | None:
     >>> missing_option({"rollout.no_such_option": True})
     'rollout.no_such_option: no such option'
     >>> missing_option({"rollout.engine": "carrier-pigeon"})
-    "rollout.engine: 'carrier-pigeon' is not one of ('hf', 'vllm')"
+    "rollout.engine: 'carrier-pigeon' is not one of ('hf', 'vllm', 'process')"
     """
     for key, value in overrides.items():
         root, *names = key.split(".")
