@@ -20,13 +20,16 @@ and hide what padding costs. The report gives the resulting completion-length sp
 Measured per setting (the first ``--warmup`` steps dropped): median s/step (``on_step_begin``->``on_step_end``;
 Lightning: the first callback's ``on_train_batch_start`` -> the last one's ``on_train_batch_end``), completion
 tokens/s (a completion counts up to and including its first EOS), and the mean step split into exclusive times:
-``generation`` (ours: ``RolloutCallback.generate``; TRL: the policy's ``generate``), ``rewards`` (ours:
+``generation`` (the trainer waiting for completions; ours: ``RolloutCallback.generate``, or with overlap the
+wait for the prefetched batch; TRL: the policy's ``generate``), ``rewards`` (ours:
 ``RolloutCallback.score``; TRL: ``_calculate_rewards``), ``train`` (ours: ``training_step``, which holds the
 log-prob passes, backward and optimizer step; TRL: ``training_step`` plus the optimizer step), ``sync`` (weights
 pushed to the engine) and ``other`` (the rest). ``trainer_idle_fraction`` is the share of the step the trainer
-waits on generation, ``generator_idle_fraction`` the share the generator is not generating (both measured from the
-trainer's thread, so exact for the synchronous settings). Peak RSS: the worker's own ``ru_maxrss`` and the peak
-of the summed RSS of its whole process tree (children such as an engine process included), sampled every 50 ms.
+waits on generation, ``generator_idle_fraction`` the share the generator is not generating (ours: the engine's own
+``generation_s`` clock, which with overlap runs while the trainer trains; TRL: the ``generation`` phase).
+``threads`` is the cores a setting uses (with the process engine, one for the trainer and one for the generator).
+Peak RSS: the worker's own ``ru_maxrss`` and the peak of the summed RSS of its whole process tree (children such
+as an engine process included), sampled every 50 ms.
 The loss equality with TRL on identical inputs is checked by running ``tests/grpo/test_trl_equality.py`` for the
 bench's loss type. Examples::
 
@@ -81,10 +84,16 @@ class BenchSetting:
     name: str
     side: Literal["ours", "trl"]
     threads: int
+    """Cores the setting uses in all: the trainer's torch threads, plus the generator process's if it has one."""
     overrides: dict[str, Any] = field(default_factory=dict)
+    trainer_threads: int | None = None
+    """The trainer's own torch threads when a generator process takes the rest; ``None``: all ``threads``."""
 
 
 VLLM = {"rollout.engine": "vllm"}
+# Trainer and generator process, one core each: the two sides overlap instead of sharing both cores in turn.
+PROCESS_1_1 = {"rollout.engine": "process", "rollout.overlap": True, "rollout.process.num_threads": 1}
+PACKED = {"grpo.packing": True, "grpo.share_prompts": True}
 
 # Every setting the default run tries. A new option becomes a benchmarked setting with one line here; lines
 # whose option is not in this build yet are reported as skipped (see `missing_option`).
@@ -97,14 +106,10 @@ SETTINGS: list[BenchSetting] = [
     BenchSetting("ours-vllm-2t", "ours", 2, VLLM),
     # vLLM runs in the trainer's process and cannot overlap; the HF engine overlaps in a thread or a process
     BenchSetting("ours-hf-overlap-2t", "ours", 2, {"rollout.engine": "hf", "rollout.overlap": True}),
-    BenchSetting("ours-process-overlap-2t", "ours", 2, {"rollout.engine": "process", "rollout.overlap": True}),
-    BenchSetting("ours-vllm-packed-2t", "ours", 2, VLLM | {"grpo.packing": True, "grpo.share_prompts": True}),
-    BenchSetting(
-        "ours-process-overlap-packed-2t",
-        "ours",
-        2,
-        {"rollout.engine": "process", "rollout.overlap": True, "grpo.packing": True, "grpo.share_prompts": True},
-    ),  # fmt: skip
+    BenchSetting("ours-process-overlap-2t", "ours", 2, PROCESS_1_1, trainer_threads=1),
+    BenchSetting("ours-hf-packed-2t", "ours", 2, {"rollout.engine": "hf"} | PACKED),
+    BenchSetting("ours-vllm-packed-2t", "ours", 2, VLLM | PACKED),
+    BenchSetting("ours-process-overlap-packed-2t", "ours", 2, PROCESS_1_1 | PACKED, trainer_threads=1),
 ]
 
 
@@ -192,6 +197,7 @@ class StepRecorder:
         self.phases: list[dict[str, float]] = []
         self.lengths: list[list[int]] = []
         self.prompt_tokens: list[int] = []
+        self.engine_s: list[float | None] = []  # the engine's own sampling seconds per step (None: not reported)
         self._open: list[list[Any]] = []  # stack of [phase, start, seconds spent in nested phases]
 
     def begin(self) -> None:
@@ -199,6 +205,7 @@ class StepRecorder:
         self.phases.append(defaultdict(float))
         self.lengths.append([])
         self.prompt_tokens.append(0)
+        self.engine_s.append(None)
 
     def end(self) -> None:
         self.ends.append(time.perf_counter())
@@ -235,9 +242,11 @@ class StepRecorder:
 
         return wrapper
 
-    def completions(self, lengths: list[int], prompt_tokens: int) -> None:
+    def completions(self, lengths: list[int], prompt_tokens: int, engine_s: float | None = None) -> None:
         self.lengths[-1].extend(lengths)
         self.prompt_tokens[-1] += prompt_tokens
+        if engine_s is not None:
+            self.engine_s[-1] = (self.engine_s[-1] or 0.0) + engine_s
 
 
 def completion_lengths(input_ids: Any, output: Any, eos_token_id: int) -> list[int]:
@@ -265,6 +274,13 @@ def summarise(rec: StepRecorder, warmup: int, max_completion_length: int) -> dic
     (2.0, 0.5, 30.0, {'min': 4, 'median': 8.0, 'max': 10, 'mean': 7.5, 'at_limit_fraction': 0.5})
     >>> s["split_s"], s["trainer_idle_fraction"], s["generator_idle_fraction"]
     ({'generation': 1.0, 'rewards': 0.0, 'train': 0.85, 'sync': 0.0, 'other': 0.15}, 0.5, 0.5)
+
+    An engine that reports its own clock (here: busy 1.5 s of each 2 s step, overlapped with training):
+
+    >>> rec.engine_s = [3.0, 1.5, 1.5]
+    >>> s = summarise(rec, warmup=1, max_completion_length=10)
+    >>> s["trainer_idle_fraction"], s["generator_idle_fraction"], s["generator_busy_s"]
+    (0.5, 0.25, 1.5)
     """
     n_steps = len(rec.ends)
     if len(rec.begins) != n_steps:
@@ -277,8 +293,11 @@ def summarise(rec: StepRecorder, warmup: int, max_completion_length: int) -> dic
         raise RuntimeError("a measured step produced no completions: the generation wrapper was not called")
     step_seconds = sum(steps[i] for i in measured)
     mean_step = step_seconds / len(measured)
+    engine_s = [rec.engine_s[i] for i in measured] if rec.engine_s else []
     split = {p: sum(rec.phases[i].get(p, 0.0) for i in measured) / len(measured) for p in PHASES}
     split["other"] = mean_step - sum(split.values())
+    reported = [e for e in engine_s if e is not None]
+    busy = sum(reported) / len(reported) if reported and len(reported) == len(engine_s) else split["generation"]
     lengths = [n for i in measured for n in rec.lengths[i]]
     tokens = sum(lengths)
     median_step = statistics.median(steps[i] for i in measured)
@@ -301,7 +320,8 @@ def summarise(rec: StepRecorder, warmup: int, max_completion_length: int) -> dic
         "generation_tok_per_s": round(tokens / (split["generation"] * len(measured)), 2),
         "split_s": {k: round(v, 4) for k, v in split.items()},
         "trainer_idle_fraction": round(split["generation"] / mean_step, 4),
-        "generator_idle_fraction": round(1 - split["generation"] / mean_step, 4),
+        "generator_busy_s": round(busy, 4),
+        "generator_idle_fraction": round(max(0.0, 1 - busy / mean_step), 4),
     }
 
 
@@ -482,14 +502,24 @@ def run_ours(
     cli.trainer.callbacks.append(StepEnd())
     rollout = find_rollout_callback(cli.trainer)
     assert rollout is not None, "the config builds no RolloutCallback"
-    generate = rollout.generate
+    generate, overlapped = rollout.generate, rollout._overlapped_generation
+
+    def count(out: Any, prompt_ids: list[list[int]], sampling: Any) -> None:
+        lengths = [len(c) for c in out.completion_ids]
+        rec.completions(lengths, sum(map(len, prompt_ids)) * sampling.n, out.generation_s)
 
     def counted_generate(trainer: Any, prompt_ids: list[list[int]], sampling: Any) -> Any:
         out = generate(trainer, prompt_ids, sampling)
-        rec.completions([len(c) for c in out.completion_ids], sum(map(len, prompt_ids)) * sampling.n)
+        count(out, prompt_ids, sampling)
         return out
 
+    def counted_overlapped(trainer: Any, prompt_ids: list[list[int]], next_prompts: Any) -> Any:
+        out, sampling, staleness = overlapped(trainer, prompt_ids, next_prompts)  # the wait for the prefetched batch
+        count(out, prompt_ids, sampling)
+        return out, sampling, staleness
+
     rollout.generate = rec.timed("generation", counted_generate)
+    rollout._overlapped_generation = rec.timed("generation", counted_overlapped)  # type: ignore[method-assign]
     rollout.score = rec.timed("rewards", rollout.score)
     rollout._sync = rec.timed("sync", rollout._sync)
     cli.model.training_step = rec.timed("train", cli.model.training_step)
@@ -594,7 +624,7 @@ def worker(spec_file: Path, out_file: Path) -> None:
     setting = BenchSetting(**spec["setting"])
     import torch
 
-    torch.set_num_threads(setting.threads)
+    torch.set_num_threads(setting.trainer_threads or setting.threads)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         rec = RUNNERS[setting.side](settings, setting, Path(spec["model_dir"]), Path(spec["data_file"]), Path(tmp))
@@ -602,7 +632,8 @@ def worker(spec_file: Path, out_file: Path) -> None:
     summary |= {
         "startup_s": round(rec.begins[0] - start, 2),
         "wall_s": round(time.perf_counter() - start, 2),
-        "threads": torch.get_num_threads(),
+        "threads": setting.threads,
+        "trainer_threads": torch.get_num_threads(),
         "peak_rss_mib": peak_rss_mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss),
     }
     out_file.write_text(json.dumps(summary))
@@ -613,7 +644,7 @@ def run_setting(setting: BenchSetting, spec_file: Path, out_file: Path) -> dict[
     """Run one worker subprocess; its summary plus the peak summed RSS of its process tree."""
     import psutil
 
-    threads = str(setting.threads)
+    threads = str(setting.trainer_threads or setting.threads)
     env = os.environ | {
         "OMP_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,

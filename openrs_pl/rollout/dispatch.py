@@ -27,7 +27,7 @@ class GenerationFailed:
 def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) -> list[GenerationOutput]:
     """Cut one engine output for all ranks' prompts (concatenated in rank order) into one output per rank.
 
-    Every piece keeps the output's ``weights_version`` (one request, one set of weights).
+    Every piece keeps the output's ``weights_version`` and ``generation_s`` (one request, one set of weights).
 
     >>> out = GenerationOutput([[1], [2], [3], [4], [5], [6]], [True] * 6, [[-0.1]] * 6)
     >>> [o.completion_ids for o in split_output(out, [2, 1], n=2)]
@@ -46,7 +46,11 @@ def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) 
         logprobs = output.logprobs[start:stop] if output.logprobs is not None else None
         pieces.append(
             GenerationOutput(
-                output.completion_ids[start:stop], output.finished[start:stop], logprobs, output.weights_version
+                output.completion_ids[start:stop],
+                output.finished[start:stop],
+                logprobs,
+                output.weights_version,
+                output.generation_s,
             )
         )
         start = stop

@@ -11,6 +11,7 @@ generator, and the sampler's log-prob of each drawn token comes for free.
 
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import torch
@@ -72,6 +73,7 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+        began = time.perf_counter()
         step = self.batch_size or max(len(prompt_ids), 1)
         device = next(self.model.parameters()).device
         generator = torch.Generator(device=device)
@@ -91,7 +93,12 @@ class HFEngine:
             self.model.train(was_training)
         finished = [bool(c) and c[-1] == self.eos_token_id for c in completions]
         report = self.logprobs and sampling.temperature > 0
-        return GenerationOutput(completion_ids=completions, finished=finished, logprobs=logprobs if report else None)
+        return GenerationOutput(
+            completion_ids=completions,
+            finished=finished,
+            logprobs=logprobs if report else None,
+            generation_s=time.perf_counter() - began,
+        )
 
     def _generate_chunk(
         self, prompts: list[list[int]], sampling: SamplingConfig, generator: torch.Generator

@@ -82,6 +82,9 @@ class GenerationOutput:
     weights_version: int | None = None
     """How many weight pushes the engine had applied when it sampled these (asynchronous engines report it; the
     rollout side turns it into the number of optimizer steps the samples lag behind the policy)."""
+    generation_s: float | None = None
+    """Wall seconds the engine's sampling of these took, on the engine's side (with overlap it runs while the
+    trainer trains, so it can differ from how long the trainer waited for them); ``None`` if not measured."""
 
 
 @dataclass(frozen=True)

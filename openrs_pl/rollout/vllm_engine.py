@@ -34,6 +34,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 from unittest import mock
 
@@ -300,9 +301,11 @@ class VLLMEngine:
         )
         prompts = [TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids]  # type: ignore[typeddict-item]
         self.wake_up()
+        start = time.perf_counter()
         with self._on_device():
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return to_generation_output(outputs, repeat=greedy_repeat)
+        output = to_generation_output(outputs, repeat=greedy_repeat)
+        return replace(output, generation_s=time.perf_counter() - start)
 
     def sync_weights(self, policy: nn.Module, force: bool = False) -> None:
         """Stream ``policy``'s weights into the engine on every ``config.sync_every``-th call (or when ``force``).

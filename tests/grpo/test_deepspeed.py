@@ -121,7 +121,7 @@ def reference_update(model_dir: Path, run_dir: Path, ranks: list[dict[str, Any]]
         scale = 1.0 if grpo.loss_type == "dapo" else 1.0 / len(micro_batches)
         for mb in micro_batches:
             num_active_tokens = tokens / len(ranks) if grpo.loss_type == "dapo" else None
-            loss = module._micro_batch_loss(mb, num_active_tokens, len(micro_batches)).loss
+            loss = module._micro_batch_loss(mb, num_active_tokens, len(micro_batches))[0].loss
             total = total + loss * scale / len(ranks)
     total.backward()
     norm = torch.nn.utils.clip_grad_norm_(module.policy.parameters(), optim.max_grad_norm)
