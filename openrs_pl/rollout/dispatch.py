@@ -32,9 +32,9 @@ def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) 
     >>> out = GenerationOutput([[1], [2], [3], [4], [5], [6]], [True] * 6, [[-0.1]] * 6)
     >>> [o.completion_ids for o in split_output(out, [2, 1], n=2)]
     [[[1], [2], [3], [4]], [[5], [6]]]
-    >>> versioned = GenerationOutput([[1], [2], [3], [4]], [True] * 4, weights_version=3)
-    >>> [o.weights_version for o in split_output(versioned, [1, 1], n=2)]
-    [3, 3]
+    >>> versioned = GenerationOutput([[1], [2], [3], [4]], [True] * 4, weights_version=3, generation_s=0.5)
+    >>> [(o.weights_version, o.generation_s) for o in split_output(versioned, [1, 1], n=2)]
+    [(3, 0.5), (3, 0.5)]
     """
     expected = sum(prompts_per_rank) * n
     if len(output.completion_ids) != expected:

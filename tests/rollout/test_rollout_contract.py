@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +67,16 @@ def test_seeded_sampling_is_reproducible(model_and_prompts) -> None:
     assert torch.equal(torch.get_rng_state(), state), "a seeded request leaves the global generator alone"
     assert sample(5) == first
     assert sample(6) != first
+
+
+def test_generation_seconds_are_the_engine_calls_own_wall_time(model_and_prompts) -> None:
+    """``generation_s`` spans every chunk of the call (batch_size=1: one chunk per prompt), and nothing outside it."""
+    model, tokenizer, prompts = model_and_prompts
+    engine = HFEngine(model, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=1)
+    began = time.perf_counter()
+    out = engine.generate(prompts, SamplingConfig(n=2, temperature=1.0, max_tokens=MAX_TOKENS, seed=0))
+    wall = time.perf_counter() - began
+    assert out.generation_s is not None and 0.5 * wall < out.generation_s <= wall
 
 
 @pytest.mark.parametrize(("top_k", "top_p"), [(0, 1.0), (5, 0.9)])
