@@ -1,6 +1,8 @@
-"""Typed containers and interfaces between the generation engine, the rollout callback and the GRPO module.
+"""Typed containers and interfaces between the DataModule, the generation engine, the rollout callback and the GRPO
+module.
 
-This is the bottom of the data -> rollout -> grpo seam: all three packages import it, it imports none of them.
+This is the bottom of the data -> rollout -> grpo seam: all three packages import it, it imports none of them
+(which is why :class:`PromptBatch`, built by the data side and carrying a :class:`RolloutBatch`, lives here).
 Data flows one way, DataModule (a :class:`PromptBatch`) -> :class:`~openrs_pl.rollout.callback.RolloutCallback`
 (engine, rewards, advantages; it attaches a :class:`RolloutBatch` to the :class:`PromptBatch`) -> the GRPO module
 (log-probs, loss, optimizer). The only thing the rollout side reads from the module is a :class:`PolicySource`.
