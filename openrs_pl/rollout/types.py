@@ -129,7 +129,7 @@ class PromptBatch:
     Mutable on purpose: Lightning passes the same object to ``on_train_batch_start`` and ``training_step``, so the
     callback attaches the rollout in place; and Lightning's device transfer (``apply_to_collection``) rebuilds
     dataclasses field by field, which it refuses for frozen ones. It holds no tensors until the rollout is attached
-    (after the transfer), so the transfer leaves it as it is.
+    (after the transfer), so the transfer moves nothing; DDP and DeepSpeed hand a dataclass to the module as it is.
 
     >>> batch = PromptBatch.from_rows([{"prompt_ids": [1, 2], "answer": "3"}, {"prompt_ids": [4], "answer": "5"}])
     >>> batch.prompt_ids, batch.columns, len(batch)
