@@ -2,7 +2,7 @@
 
 :func:`completion_rows` builds the rows from plain per-completion fields (so any rollout interface can feed it),
 :func:`append_jsonl` / :func:`append_csv` write them next to the metrics (``completions.jsonl``,
-``completions.csv``), and :class:`CompletionsTable` takes the fields from each step's ``batch["rollout"]`` and
+``completions.csv``), and :class:`CompletionsTable` takes the fields from each step's ``batch.rollout`` and
 also logs a W&B table (``completions``) when a :class:`~lightning.pytorch.loggers.WandbLogger` is attached.
 """
 
@@ -18,7 +18,7 @@ import lightning as L
 
 from openrs_pl.console import run_log_dir
 from openrs_pl.rollout.callback import find_rollout_callback
-from openrs_pl.rollout.types import ROLLOUT_KEY, RolloutBatch
+from openrs_pl.rollout.types import PromptBatch, RolloutBatch
 
 COLUMNS = ("step", "prompt", "completion", "reward", "advantage", "length", "truncated")
 
@@ -106,7 +106,7 @@ class CompletionsTable(L.Callback):
         due = self.every_n_steps > 0 and (step == 1 or step % self.every_n_steps == 0)
         if not due or not trainer.is_global_zero:
             return
-        rollout = batch.get(ROLLOUT_KEY) if isinstance(batch, dict) else None
+        rollout = batch.rollout if isinstance(batch, PromptBatch) else None
         rollout_callback = find_rollout_callback(trainer)
         if rollout is None or rollout_callback is None:
             return
@@ -122,12 +122,12 @@ class CompletionsTable(L.Callback):
 
 
 def rollout_fields(
-    rollout: RolloutBatch, batch: dict[str, Any], tokenizer: Any, reward_names: Sequence[str], max_rows: int
+    rollout: RolloutBatch, batch: PromptBatch, tokenizer: Any, reward_names: Sequence[str], max_rows: int
 ) -> dict[str, Any]:
     """The plain per-completion fields of a ``RolloutBatch`` (the hook between the rollout and the table)."""
     n = min(rollout.completion_ids.shape[0], max_rows)
-    g = rollout.completion_ids.shape[0] // max(len(batch["prompt_ids"]), 1)
-    problems = batch.get("problem") or batch.get("prompt") or [""] * len(batch["prompt_ids"])
+    g = rollout.completion_ids.shape[0] // max(len(batch), 1)
+    problems = batch.columns.get("problem") or batch.columns.get("prompt") or [""] * len(batch)
     mask = rollout.completion_mask[:n].bool()
     ids = [row[m].tolist() for row, m in zip(rollout.completion_ids[:n], mask, strict=True)]
     per_func = rollout.reward_per_func[:n].float().cpu()

@@ -30,7 +30,7 @@ from openrs_pl.grpo import logprobs as logprobs_module
 from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.models.tiny import save_tiny_checkpoint
-from openrs_pl.rollout.types import RolloutBatch
+from openrs_pl.rollout.types import PromptBatch, RolloutBatch
 
 ROOT = Path(__file__).parents[1]
 TOLERANCE = 0.15
@@ -141,10 +141,10 @@ def measure_training_step(model_dir: Path, case: Case) -> dict[str, int]:
     class Rollout(L.Callback):
         """A fixed full-length rollout (no generation), then the tracker around the step."""
 
-        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: dict, batch_idx: int) -> None:
+        def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: PromptBatch, batch_idx: int) -> None:
             g = torch.Generator().manual_seed(batch_idx)
             n, p, c, v = case.completions, case.prompt, case.completion, pl_module.policy.config.vocab_size
-            batch["rollout"] = RolloutBatch(
+            batch.rollout = RolloutBatch(
                 prompt_ids=torch.randint(3, v, (n, p), generator=g),
                 prompt_mask=torch.ones(n, p, dtype=torch.long),
                 completion_ids=torch.randint(3, v, (n, c), generator=g),
@@ -173,7 +173,7 @@ def measure_training_step(model_dir: Path, case: Case) -> dict[str, int]:
 
         return run
 
-    loader = DataLoader([[1]] * 2, batch_size=1, collate_fn=lambda rows: {"prompt_ids": rows})
+    loader = DataLoader([[1]] * 2, batch_size=1, collate_fn=PromptBatch)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[Rollout()],

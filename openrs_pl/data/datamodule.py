@@ -1,9 +1,14 @@
-"""``ProblemDataModule``: chat-formatted, tokenized prompts served in seeded, rank-disjoint batches."""
+"""``ProblemDataModule``: chat-formatted, tokenized prompts served in seeded, rank-disjoint batches.
+
+Each batch is a :class:`~openrs_pl.rollout.types.PromptBatch`: the prompt ids and the dataset's other columns (which
+the reward functions receive), plus, with ``lookahead``, the next batch's prompt ids.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
@@ -12,12 +17,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT, build_chat_prompt
 from openrs_pl.data.sources import ColumnMap, OnBadRow, load_problems_with_stats, log_rank_zero
 from openrs_pl.hub import resolve_model
+from openrs_pl.rollout.types import PromptBatch
 
 OverlongPrompts = Literal["drop", "truncate"]
-Batch = dict[str, list[Any]]
-
-NEXT_PROMPTS_KEY = "next_prompt_ids"
-"""With ``lookahead``, each batch holds the next batch's ``prompt_ids`` under this key (``None`` after the last)."""
 
 
 def fit_prompt_length(
@@ -45,27 +47,17 @@ def fit_prompt_length(
     return fitted, sum(len(ids) > max_length for ids in prompt_ids)
 
 
-def collate_rows(rows: list[dict[str, Any]]) -> Batch:
-    """Turn a list of row dicts into a dict of lists (Python objects, no tensors: prompts have ragged lengths).
-
-    >>> collate_rows([{"prompt_ids": [1, 2], "answer": "3"}, {"prompt_ids": [4], "answer": "5"}])
-    {'prompt_ids': [[1, 2], [4]], 'answer': ['3', '5']}
-    """
-    keys = list(dict.fromkeys(key for row in rows for key in row))
-    return {key: [row.get(key) for row in rows] for key in keys}
-
-
-def with_lookahead(batches: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+def with_lookahead(batches: Iterable[PromptBatch]) -> Iterator[PromptBatch]:
     """The same batches, each with the next one's prompt ids (overlapped rollouts generate them a step early).
 
-    >>> list(with_lookahead([{"prompt_ids": [[1]]}, {"prompt_ids": [[2]]}]))
-    [{'prompt_ids': [[1]], 'next_prompt_ids': [[2]]}, {'prompt_ids': [[2]], 'next_prompt_ids': None}]
+    >>> [b.next_prompt_ids for b in with_lookahead([PromptBatch([[1]]), PromptBatch([[2]])])]
+    [[[2]], []]
     """
     iterator = iter(batches)
     current = next(iterator, None)
     while current is not None:
         following = next(iterator, None)
-        yield {**current, NEXT_PROMPTS_KEY: None if following is None else following["prompt_ids"]}
+        yield replace(current, next_prompt_ids=[] if following is None else following.prompt_ids)
         current = following
 
 
@@ -76,7 +68,7 @@ class LookaheadLoader(DataLoader):
     trained on) still applies; Lightning's own fetcher already reads one batch ahead.
     """
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:  # type: ignore[override]
+    def __iter__(self) -> Iterator[PromptBatch]:  # type: ignore[override]
         return with_lookahead(super().__iter__())
 
 
@@ -113,8 +105,8 @@ class ProblemDataModule(LightningDataModule):
             construction, before ``setup``.
         seed: Seed of the shuffling (the same seed gives the same order; each epoch reshuffles).
         num_workers: DataLoader workers.
-        lookahead: each batch also holds the next batch's prompt ids (``NEXT_PROMPTS_KEY``), for overlapped
-            rollouts (the CLI links it from ``rollout.overlap``).
+        lookahead: each batch also holds the next batch's prompt ids (``PromptBatch.next_prompt_ids``), for
+            overlapped rollouts (the CLI links it from ``rollout.overlap``).
     """
 
     def __init__(
@@ -249,6 +241,6 @@ class ProblemDataModule(LightningDataModule):
             batch_size=self.prompts_per_step,
             sampler=sampler,
             drop_last=True,
-            collate_fn=collate_rows,
+            collate_fn=PromptBatch.from_rows,
             num_workers=self.num_workers,
         )

@@ -1,7 +1,8 @@
 """The GRPO LightningModule: policy, frozen reference and the loss, orchestrated.
 
 One ``training_step`` consumes one generation batch: the rank's ``prompts_per_step`` prompts x G completions as a
-:class:`~openrs_pl.rollout.types.RolloutBatch`, attached to the batch by
+:class:`~openrs_pl.rollout.types.RolloutBatch`, attached to the DataModule's
+:class:`~openrs_pl.rollout.types.PromptBatch` (``batch.rollout``) by
 :class:`~openrs_pl.rollout.callback.RolloutCallback` (which owns sampling, rewards and advantages). It cuts the
 rollout into micro-batches of ``grpo.micro_batch_size`` completions and takes ``grpo.num_iterations`` optimizer
 steps on it (manual optimisation, as in Lightning's own RL template: the micro-batching lives inside the step).
@@ -49,7 +50,7 @@ from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights, stale
 from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
-from openrs_pl.rollout.types import RolloutBatch, rollout_from
+from openrs_pl.rollout.types import PromptBatch, RolloutBatch
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -159,8 +160,10 @@ class GRPOModule(L.LightningModule):
             self.reference.to(self.device)
 
     # ----------------------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        rollout = rollout_from(batch)
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> Tensor:
+        if not isinstance(batch, PromptBatch) or batch.rollout is None:
+            raise RuntimeError("batch has no rollout: add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
+        rollout = batch.rollout
         self.grpo.check_batch(rollout.num_completions)
         rollout = self._score_logprobs(rollout.to(self.device))
         num_active_tokens = self._global_active_tokens(rollout)

@@ -1,1 +1,1 @@
-"""Rollouts: generation engines, the typed rollout batch and the callback that drives them."""
+"""Rollouts: generation engines, the typed prompt and rollout batches and the callback that drives them."""

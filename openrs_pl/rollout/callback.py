@@ -1,11 +1,12 @@
 """The callback that drives rollouts: generate, score, compute advantages, hand the batch to the module, sync.
 
 The rollout side owns everything it uses: the engine, the sampling settings, the reward functions and the
-advantage scaling. Per optimizer step on every rank: take the DataModule's prompts from ``batch``, ask the engine
-for G completions each, decode them, score them with the reward set, turn rewards into group-relative advantages
-and attach the padded :class:`~openrs_pl.rollout.types.RolloutBatch` to the batch (``batch[ROLLOUT_KEY]``) for
-``training_step``. After the step, push the new policy weights into the engine (every ``sync_every`` steps; the HF
-engine samples from the policy itself and ignores the call). The only thing read from the module is a
+advantage scaling. Per optimizer step on every rank: take the DataModule's prompts from the
+:class:`~openrs_pl.rollout.types.PromptBatch`, ask the engine for G completions each, decode them, score them with
+the reward set (which also gets the batch's dataset columns), turn rewards into group-relative advantages and attach
+the padded :class:`~openrs_pl.rollout.types.RolloutBatch` to the batch (``batch.rollout``) for ``training_step``.
+After the step, push the new policy weights into the engine (every ``sync_every`` steps; the HF engine samples from
+the policy itself and ignores the call). The only thing read from the module is a
 :class:`~openrs_pl.rollout.types.PolicySource`. Groups never straddle ranks: each rank's prompts are expanded to
 their G completions locally, and in the dedicated vLLM mode rank 0 generates for everyone and sends each rank back
 exactly its own groups.
@@ -25,7 +26,6 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from openrs_pl.data.datamodule import NEXT_PROMPTS_KEY
 from openrs_pl.rewards import RewardSet, RewardSpec, validate_reward_specs
 from openrs_pl.rollout.advantages import MultiObjectiveAggregation, ScaleRewards, gdpo_advantages, group_advantages
 from openrs_pl.rollout.assemble import assemble_rollout
@@ -35,7 +35,7 @@ from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.overlap import OverlappedRollouts
 from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
 from openrs_pl.rollout.thread_engine import ThreadEngine
-from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, PolicySource, RolloutBatch, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PolicySource, PromptBatch, RolloutBatch, SamplingConfig
 from openrs_pl.rollout.vllm_config import VLLMConfig
 
 EngineName = Literal["hf", "vllm", "process"]
@@ -123,7 +123,7 @@ class RolloutCallback(L.Callback):
         self.multi_objective_aggregation = multi_objective_aggregation
         self.dynamic_sampling = dynamic_sampling
         self.dynamic_sampling_max_draws = dynamic_sampling_max_draws
-        self._extra_prompts: Iterator[dict[str, list[Any]]] | None = None  # dynamic sampling's own prompt stream
+        self._extra_prompts: Iterator[PromptBatch] | None = None  # dynamic sampling's own prompt stream
         self.reward_set = RewardSet(rewards)
         self.sampling = SamplingConfig(
             n=num_generations, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_completion_length
@@ -214,17 +214,25 @@ class RolloutCallback(L.Callback):
 
     # ------------------------------------------------------------------------------------------- per step
     def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: PromptBatch, batch_idx: int
     ) -> None:
-        if self.overlap and NEXT_PROMPTS_KEY not in batch:
-            raise ValueError("rollout.overlap needs the next batch's prompts: set data.lookahead (the CLI links it)")
-        next_prompts = batch.pop(NEXT_PROMPTS_KEY, None)  # not a reward column; None after an epoch's last batch
+        if not isinstance(batch, PromptBatch):
+            raise TypeError(
+                f"RolloutCallback needs batches of openrs_pl.rollout.types.PromptBatch (as ProblemDataModule serves "
+                f"them), got {type(batch).__name__}"
+            )
         start = time.perf_counter()
         if self.overlap:
-            generation, sampling, staleness = self._overlapped_generation(trainer, batch["prompt_ids"], next_prompts)
+            if batch.next_prompt_ids is None:
+                raise ValueError(
+                    "rollout.overlap needs the next batch's prompts: set data.lookahead (the CLI links it)"
+                )
+            generation, sampling, staleness = self._overlapped_generation(
+                trainer, batch.prompt_ids, batch.next_prompt_ids
+            )
         else:
             sampling = self._sampling(trainer, trainer.global_step)
-            generation, staleness = self.generate(trainer, batch["prompt_ids"], sampling), 0
+            generation, staleness = self.generate(trainer, batch.prompt_ids, sampling), 0
         if self.engine is not None:
             self.engine.sleep()  # colocate + sleep mode: free the engine's memory for training
         pl_module.log("train/time/generation", time.perf_counter() - start, on_step=True, on_epoch=False)
@@ -232,7 +240,7 @@ class RolloutCallback(L.Callback):
         if self.overlap:  # refilled groups (dynamic sampling) are counted as stale as the batch: IS weight ~1
             pl_module.log("train/rollout/staleness", float(staleness), on_step=True, on_epoch=False)
             rollout = replace(rollout, staleness=torch.full((rollout.num_completions,), staleness))
-        batch[ROLLOUT_KEY] = rollout
+        batch.rollout = rollout
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -247,15 +255,16 @@ class RolloutCallback(L.Callback):
         return replace(self.sampling, seed=seed)
 
     def _overlapped_generation(
-        self, trainer: L.Trainer, prompt_ids: list[list[int]], next_prompts: list[list[int]] | None
+        self, trainer: L.Trainer, prompt_ids: list[list[int]], next_prompts: list[list[int]]
     ) -> tuple[GenerationOutput, SamplingConfig, int]:
-        """This step's completions (requested a step ago) and their staleness; the next step's requested now."""
+        """This step's completions (requested a step ago) and their staleness; the next step's requested now
+        (``next_prompts`` is empty after an epoch's last batch: the next epoch's order is not drawn yet)."""
         assert self.overlapped is not None, "overlap not started: RolloutCallback.on_fit_start did not run"
         step = self.policy_version
         sampling = self._sampling(trainer, step)
         generation, staleness = self.overlapped.take(step, prompt_ids, sampling, policy_version=step)
         last_step = 0 < trainer.max_steps <= trainer.global_step + 1
-        if next_prompts is not None and not last_step:
+        if next_prompts and not last_step:
             self.overlapped.prefetch(step + 1, next_prompts, self._sampling(trainer, step + 1))
         return generation, sampling, staleness
 
@@ -276,7 +285,7 @@ class RolloutCallback(L.Callback):
         self,
         trainer: L.Trainer,
         pl_module: L.LightningModule,
-        batch: dict[str, Any],
+        batch: PromptBatch,
         generation: GenerationOutput,
         sampling: SamplingConfig | None = None,
     ) -> RolloutBatch:
@@ -301,20 +310,19 @@ class RolloutCallback(L.Callback):
         pl_module.log_dict(stats, on_step=True, on_epoch=False, sync_dist=True)
         pl_module.log("reward", rewards.mean(), prog_bar=True, on_step=True, on_epoch=False, logger=False)
         return assemble_rollout(
-            scored.batch["prompt_ids"], scored.generation, rewards, scored.per_func, advantages, g, source.pad_token_id
+            scored.batch.prompt_ids, scored.generation, rewards, scored.per_func, advantages, g, source.pad_token_id
         )
 
     def _rewards(
-        self, source: PolicySource, batch: dict[str, Any], generation: GenerationOutput
+        self, source: PolicySource, batch: PromptBatch, generation: GenerationOutput
     ) -> tuple[ScoredGroups, dict[str, float]]:
         """Score one prompt batch's completions; the stats describe the sampled (unfiltered) batch."""
         g = self.num_generations
         texts = source.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
-        columns = {k: [v for v in values for _ in range(g)] for k, values in batch.items() if k != "prompt_ids"}
+        columns = {k: [v for v in values for _ in range(g)] for k, values in batch.columns.items()}  # per completion
         prompts = columns.pop("prompt", [""] * len(texts))
         result = self.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
-        prompt_columns = {k: v for k, v in batch.items() if k != ROLLOUT_KEY}
-        scored = ScoredGroups(prompt_columns, generation, result.total, result.per_func)
+        scored = ScoredGroups(batch, generation, result.total, result.per_func)
         return scored, {f"train/{k}": v for k, v in result.stats.items()}
 
     def _refill(
@@ -332,7 +340,7 @@ class RolloutCallback(L.Callback):
         def draw() -> ScoredGroups:
             prompts = next(extra_prompts)
             seed = None if sampling.seed is None else sampling.seed + 7919 * next(draws)
-            generation = self.generate(trainer, prompts["prompt_ids"], replace(sampling, seed=seed))
+            generation = self.generate(trainer, prompts.prompt_ids, replace(sampling, seed=seed))
             return self._rewards(source, prompts, generation)[0]
 
         def any_rank_missing(missing: int) -> bool:  # every rank must take part in the same generate() calls

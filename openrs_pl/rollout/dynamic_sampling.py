@@ -21,16 +21,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, DistributedSampler
 
-from openrs_pl.data.datamodule import collate_rows
-from openrs_pl.rollout.types import GenerationOutput
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch
 
 
 @dataclass(frozen=True)
 class ScoredGroups:
     """Prompts with their G sampled completions and rewards, before advantages: ``M`` prompts, ``N = M * G``."""
 
-    batch: dict[str, list[Any]]
-    """Prompt columns, one entry per prompt (``prompt_ids`` and the dataset columns)."""
+    batch: PromptBatch
+    """The ``M`` prompts with their dataset columns."""
     generation: GenerationOutput
     """``N`` completions, the G of a prompt consecutive."""
     rewards: Tensor
@@ -40,7 +39,7 @@ class ScoredGroups:
 
     @property
     def num_groups(self) -> int:
-        return len(self.batch["prompt_ids"])
+        return len(self.batch)
 
     def select(self, groups: list[int]) -> ScoredGroups:
         """The groups (prompts) at ``groups``, in that order."""
@@ -48,7 +47,7 @@ class ScoredGroups:
         rows = [i * g + j for i in groups for j in range(g)]
         gen = self.generation
         return ScoredGroups(
-            batch={k: [v[i] for i in groups] for k, v in self.batch.items()},
+            batch=self.batch.select(groups),
             generation=GenerationOutput(
                 completion_ids=[gen.completion_ids[r] for r in rows],
                 finished=[gen.finished[r] for r in rows],
@@ -61,7 +60,7 @@ class ScoredGroups:
     def __add__(self, other: ScoredGroups) -> ScoredGroups:
         gen, more = self.generation, other.generation
         return ScoredGroups(
-            batch={k: v + other.batch[k] for k, v in self.batch.items()},
+            batch=self.batch + other.batch,
             generation=GenerationOutput(
                 completion_ids=gen.completion_ids + more.completion_ids,
                 finished=gen.finished + more.finished,
@@ -140,7 +139,7 @@ def fill_informative(
 
 def prompt_batches(
     rows: list[dict[str, Any]], batch_size: int, rank: int, world_size: int, seed: int
-) -> Iterator[dict[str, list[Any]]]:
+) -> Iterator[PromptBatch]:
     """Endless shuffled prompt batches of this rank's shard, an independent stream from the training loader's.
 
     Its own seed keeps the extra prompts from repeating the ones the main loader is about to hand out.
@@ -151,7 +150,7 @@ def prompt_batches(
     )  # fmt: skip
     loader: DataLoader = DataLoader(
         rows,  # type: ignore[arg-type]
-        batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=collate_rows,
+        batch_size=batch_size, sampler=sampler, drop_last=True, collate_fn=PromptBatch.from_rows,
     )  # fmt: skip
     epoch = 0
     while True:

@@ -1,9 +1,11 @@
-"""Typed containers and interfaces between the generation engine, the rollout callback and the GRPO module.
+"""Typed containers and interfaces between the DataModule, the generation engine, the rollout callback and the GRPO
+module.
 
-This is the bottom of the rollout <-> grpo seam: both packages import it, it imports neither. Data flows one way,
-DataModule (prompts) -> :class:`~openrs_pl.rollout.callback.RolloutCallback` (engine, rewards, advantages)
--> :class:`RolloutBatch` -> the GRPO module (log-probs, loss, optimizer). The only thing the rollout side reads
-from the module is a :class:`PolicySource`.
+This is the bottom of the data -> rollout -> grpo seam: all three packages import it, it imports none of them
+(which is why :class:`PromptBatch`, built by the data side and carrying a :class:`RolloutBatch`, lives here).
+Data flows one way, DataModule (a :class:`PromptBatch`) -> :class:`~openrs_pl.rollout.callback.RolloutCallback`
+(engine, rewards, advantages; it attaches a :class:`RolloutBatch` to the :class:`PromptBatch`) -> the GRPO module
+(log-probs, loss, optimizer). The only thing the rollout side reads from the module is a :class:`PolicySource`.
 
 Shape notation: ``N`` = completions in the batch (= prompts x G, grouped so that the G completions of one
 prompt are consecutive), ``P`` = padded prompt length, ``L`` = padded completion length, ``R`` = reward functions.
@@ -11,15 +13,12 @@ prompt are consecutive), ``P`` = padded prompt length, ``L`` = padded completion
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass, fields, replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
-
-ROLLOUT_KEY = "rollout"
-"""The key under which the rollout callback puts the :class:`RolloutBatch` into the DataModule's batch dict."""
 
 
 @runtime_checkable
@@ -123,9 +122,56 @@ class RolloutBatch:
         return replace(self, **{k: v.to(device) for k, v in values.items() if isinstance(v, Tensor)})
 
 
-def rollout_from(batch: dict[str, Any]) -> RolloutBatch:
-    """The :class:`RolloutBatch` the rollout callback attached to ``batch``; a clear error when none did."""
-    rollout = batch.get(ROLLOUT_KEY)
-    if not isinstance(rollout, RolloutBatch):
-        raise RuntimeError("batch has no rollout: add openrs_pl.rollout.RolloutCallback to trainer.callbacks")
-    return rollout
+@dataclass
+class PromptBatch:
+    """One step's prompts on one rank, as the DataModule hands them out; the rollout callback adds their rollout.
+
+    Mutable on purpose: Lightning passes the same object to ``on_train_batch_start`` and ``training_step``, so the
+    callback attaches the rollout in place; and Lightning's device transfer (``apply_to_collection``) rebuilds
+    dataclasses field by field, which it refuses for frozen ones. It holds no tensors until the rollout is attached
+    (after the transfer), so the transfer moves nothing; DDP and DeepSpeed hand a dataclass to the module as it is.
+
+    >>> batch = PromptBatch.from_rows([{"prompt_ids": [1, 2], "answer": "3"}, {"prompt_ids": [4], "answer": "5"}])
+    >>> batch.prompt_ids, batch.columns, len(batch)
+    ([[1, 2], [4]], {'answer': ['3', '5']}, 2)
+    >>> (batch.select([1]) + batch.select([0])).columns
+    {'answer': ['5', '3']}
+    """
+
+    prompt_ids: list[list[int]]
+    """Token ids of each prompt (unpadded, so of different lengths)."""
+    columns: dict[str, list[Any]] = field(default_factory=dict)
+    """The dataset's other columns, one entry per prompt (``prompt``, ``problem``, ``answer``, ...): the reward
+    functions receive them, one entry per completion, as keyword arguments (``prompt`` as their ``prompts``)."""
+    next_prompt_ids: list[list[int]] | None = None
+    """The next batch's ``prompt_ids`` when the DataModule looks ahead (overlapped rollouts generate them a step
+    early); ``[]`` after an epoch's last batch, ``None`` without lookahead."""
+    rollout: RolloutBatch | None = None
+    """This batch's completions, rewards and advantages, set by the rollout callback before ``training_step``."""
+
+    def __len__(self) -> int:
+        """The number of prompts."""
+        return len(self.prompt_ids)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]]) -> PromptBatch:
+        """Collate dataset rows (each with ``prompt_ids``) into a batch: the DataLoader's ``collate_fn``.
+
+        The values stay Python objects (no tensors: prompts have ragged lengths); a column some rows lack is
+        ``None`` for them.
+        """
+        keys = dict.fromkeys(key for row in rows for key in row if key != "prompt_ids")
+        return cls([row["prompt_ids"] for row in rows], {key: [row.get(key) for row in rows] for key in keys})
+
+    def select(self, indices: Sequence[int]) -> PromptBatch:
+        """The prompts at ``indices``, in that order, with their columns (the lookahead and the rollout describe a
+        whole batch, so they are not carried over)."""
+        return PromptBatch(
+            [self.prompt_ids[i] for i in indices], {k: [v[i] for i in indices] for k, v in self.columns.items()}
+        )
+
+    def __add__(self, other: PromptBatch) -> PromptBatch:
+        """Both batches' prompts and columns, ``self``'s first (without lookahead or rollout, as :meth:`select`)."""
+        return PromptBatch(
+            self.prompt_ids + other.prompt_ids, {k: v + other.columns[k] for k, v in self.columns.items()}
+        )

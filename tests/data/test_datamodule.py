@@ -13,9 +13,10 @@ import torch
 from torch.utils.data import DistributedSampler
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from openrs_pl.data.datamodule import NEXT_PROMPTS_KEY, ProblemDataModule
+from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.data.prompts import OPENRS_SYSTEM_PROMPT
 from openrs_pl.models.tiny import ASSISTANT, BOS, USER
+from openrs_pl.rollout.types import PromptBatch
 
 GENERATION_PROMPT = f"{ASSISTANT}<think>\n"
 
@@ -55,7 +56,7 @@ def ready(source: Path, tiny_model_dir: Path, **kwargs: object) -> ProblemDataMo
 def epoch_order(dm: ProblemDataModule, rank: int = 0, world_size: int = 1, epoch: int = 0) -> list[int]:
     loader = dm.dataloader_for_rank(rank, world_size)
     loader.sampler.set_epoch(epoch)  # type: ignore[union-attr]
-    return [k for batch in loader for k in batch["k"]]
+    return [k for batch in loader for k in batch.columns["k"]]
 
 
 def test_prompt_text_and_ids(data_file: Path, tiny_model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -69,15 +70,19 @@ def test_prompt_text_and_ids(data_file: Path, tiny_model_dir: Path, tokenizer: P
     assert no_system.rows[3]["prompt"] == f"{BOS}{USER}{no_system.rows[3]['problem']}{GENERATION_PROMPT}"
 
 
-def test_batches_are_dicts_of_python_lists(data_file: Path, tiny_model_dir: Path) -> None:
+def test_batches_are_prompt_batches_of_python_lists(data_file: Path, tiny_model_dir: Path) -> None:
     dm = ready(data_file, tiny_model_dir, prompts_per_step=4, max_prompt_length=4096)
     batches = list(dm.dataloader_for_rank(0, 1))
     assert len(batches) == 4
     batch = batches[0]
-    assert set(batch) == {"prompt_ids", "prompt", "problem", "answer", "solution", "level", "k"}
-    assert all(isinstance(v, list) and len(v) == 4 for v in batch.values())
-    assert all(isinstance(ids, list) and all(isinstance(t, int) for t in ids) for ids in batch["prompt_ids"])
-    assert batch["answer"] == [str(k) for k in batch["k"]] and batch["solution"] == [f"s{k}" for k in batch["k"]]
+    assert isinstance(batch, PromptBatch) and len(batch) == 4
+    # Every dataset column but the ids reaches the reward functions; nothing else is in the batch yet.
+    assert set(batch.columns) == {"prompt", "problem", "answer", "solution", "level", "k"}
+    assert batch.next_prompt_ids is None and batch.rollout is None
+    assert all(isinstance(v, list) and len(v) == 4 for v in batch.columns.values())
+    assert all(isinstance(ids, list) and all(isinstance(t, int) for t in ids) for ids in batch.prompt_ids)
+    keys = batch.columns["k"]
+    assert batch.columns["answer"] == [str(k) for k in keys] and batch.columns["solution"] == [f"s{k}" for k in keys]
 
 
 @pytest.mark.parametrize("mode", ["drop", "truncate"])
@@ -144,7 +149,7 @@ def test_uneven_data_keeps_ranks_in_step(tmp_path: Path, tiny_model_dir: Path) -
     loaders = [dm.dataloader_for_rank(rank, 2) for rank in (0, 1)]
     # 19 rows -> 9 per rank (sampler drop_last) -> 2 full batches of 4 (loader drop_last).
     assert [len(loader) for loader in loaders] == [2, 2]
-    assert all(len(batch["k"]) == 4 for loader in loaders for batch in loader)
+    assert all(len(batch) == 4 for loader in loaders for batch in loader)
 
 
 def test_train_dataloader_uses_the_trainers_rank(data_file: Path, tiny_model_dir: Path) -> None:
@@ -152,7 +157,7 @@ def test_train_dataloader_uses_the_trainers_rank(data_file: Path, tiny_model_dir
     dm.trainer = SimpleNamespace(global_rank=1, world_size=2)  # type: ignore[assignment]
     sampler = dm.train_dataloader().sampler
     assert isinstance(sampler, DistributedSampler) and (sampler.rank, sampler.num_replicas, sampler.seed) == (1, 2, 42)
-    assert epoch_order(dm, 1, 2) == [k for batch in dm.train_dataloader() for k in batch["k"]]
+    assert epoch_order(dm, 1, 2) == [k for batch in dm.train_dataloader() for k in batch.columns["k"]]
 
 
 class RecordingModule(pl.LightningModule):
@@ -165,10 +170,10 @@ class RecordingModule(pl.LightningModule):
         self.prompts: list[list[list[int]]] = []
         self.next_prompts: list[list[list[int]] | None] = []
 
-    def training_step(self, batch: dict[str, list], batch_idx: int) -> torch.Tensor:
-        self.seen.append(batch["k"])
-        self.prompts.append(batch["prompt_ids"])
-        self.next_prompts.append(batch.get(NEXT_PROMPTS_KEY, "absent"))  # type: ignore[arg-type]
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> torch.Tensor:
+        self.seen.append(batch.columns["k"])
+        self.prompts.append(batch.prompt_ids)
+        self.next_prompts.append(batch.next_prompt_ids)
         return (self.weight**2).sum()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -266,7 +271,7 @@ def test_lookahead_shows_each_batch_the_next_one_and_changes_nothing_else(
 
     plain, ahead = fit(False), fit(True)
     assert ahead.seen == plain.seen and len(ahead.seen) == 8, "same batches, same order, both epochs"
-    assert plain.next_prompts == ["absent"] * 8
+    assert plain.next_prompts == [None] * 8
     # 4 batches per epoch: the last batch of an epoch cannot know the next epoch's shuffle.
-    expected = [ahead.prompts[i + 1] if i % 4 != 3 else None for i in range(8)]
+    expected = [ahead.prompts[i + 1] if i % 4 != 3 else [] for i in range(8)]
     assert ahead.next_prompts == expected

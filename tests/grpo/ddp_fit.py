@@ -16,7 +16,6 @@ import torch
 
 from openrs_pl.cli import cli_main
 from openrs_pl.rollout.callback import find_rollout_callback
-from openrs_pl.rollout.types import ROLLOUT_KEY
 
 
 class Recorder(L.Callback):
@@ -32,14 +31,14 @@ class Recorder(L.Callback):
         self.initial_sha256 = weights_sha256(pl_module.policy)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.problems.extend(batch["problem"])
+        self.problems.extend(batch.columns["problem"])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        rollout = batch[ROLLOUT_KEY]
+        rollout = batch.rollout
         lengths = rollout.completion_mask.sum(dim=1).tolist()
         self.rollouts.append(
             {
-                "prompt_ids": batch["prompt_ids"],
+                "prompt_ids": batch.prompt_ids,
                 "completion_ids": [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths, strict=True)],
                 "rewards": rollout.rewards.tolist(),
                 "advantages": rollout.advantages.tolist(),

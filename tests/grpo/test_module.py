@@ -15,7 +15,7 @@ from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rewards import RewardSpec
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.callback import RolloutCallback
-from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch, RolloutBatch
 
 
 class InjectRollout(L.Callback):
@@ -25,7 +25,7 @@ class InjectRollout(L.Callback):
         self.rollout = rollout
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        batch[ROLLOUT_KEY] = self.rollout
+        batch.rollout = self.rollout
 
 
 def make_module(model_dir: Path, beta: float = 0.0, lr: float = 1e-2, **grpo: object) -> GRPOModule:
@@ -61,7 +61,7 @@ def fit_one_step(module: GRPOModule, rollout: RolloutBatch, tmp_path: Path) -> N
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         callbacks=[InjectRollout(rollout)], default_root_dir=tmp_path, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader([PromptBatch([[1]])], batch_size=None))
 
 
 @pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo"])
@@ -108,7 +108,7 @@ def test_missing_rollout_callback_is_a_clear_error(tiny_model_dir: Path, tmp_pat
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path
     )
     with pytest.raises(RuntimeError, match="RolloutCallback"):
-        trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
+        trainer.fit(module, train_dataloaders=DataLoader([PromptBatch([[1]])], batch_size=None))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from openrs_pl.grpo.logprobs import completion_logprobs
 from openrs_pl.grpo.loss import grpo_loss, logprob_gap
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rollout.assemble import assemble_rollout
-from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch, RolloutBatch
 
 TEMPERATURE = 0.7
 MAX_COMPLETION_LENGTH = 16  # the config value; the rollout's padded completion length is 5
@@ -40,7 +40,7 @@ class InjectAndCapture(L.Callback):
         self.weights: list[dict[str, Tensor]] = []  # the weights each pass's forward used
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        batch[ROLLOUT_KEY] = self.rollout
+        batch.rollout = self.rollout
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.grads.append({n: p.grad.detach().clone() for n, p in pl_module.policy.named_parameters()})
@@ -88,7 +88,7 @@ def fit_one_step(module: GRPOModule, rollout: RolloutBatch, tmp_path: Path) -> I
         accelerator="cpu", max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
         callbacks=[capture], default_root_dir=tmp_path, enable_model_summary=False,
     )  # fmt: skip
-    trainer.fit(module, train_dataloaders=DataLoader([{"prompt_ids": [[1]]}], batch_size=None))
+    trainer.fit(module, train_dataloaders=DataLoader([PromptBatch([[1]])], batch_size=None))
     module.trainer_metrics = dict(trainer.callback_metrics)  # type: ignore[assignment]
     return capture
 

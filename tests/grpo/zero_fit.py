@@ -74,7 +74,7 @@ class Recorder(L.Callback):
             self.record["sync_error"] = str(err)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
-        self.record["rollouts"].append(batch["rollout"].to("cpu"))
+        self.record["rollouts"].append(batch.rollout.to("cpu"))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
         self.record["metrics"].append({k: v for k, v in trainer.logged_metrics.items() if k.startswith("train/")})

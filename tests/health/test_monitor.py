@@ -64,7 +64,7 @@ class PoisonAdvantages(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step and not self.before:
-            batch["rollout"].advantages[0] = float("nan")
+            batch.rollout.advantages[0] = float("nan")
             self.before = _snapshot(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -115,7 +115,7 @@ class ScaleAdvantages(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == self.at_step:
-            batch["rollout"].advantages.mul_(self.factor)
+            batch.rollout.advantages.mul_(self.factor)
 
 
 def test_grad_norm_spike_stops_the_run(tiny_model_dir, tmp_path, caplog) -> None:

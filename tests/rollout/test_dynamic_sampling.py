@@ -10,7 +10,7 @@ import torch
 from openrs_pl.rewards.reward_set import RewardResult, RewardSpec
 from openrs_pl.rollout.callback import RolloutCallback
 from openrs_pl.rollout.dynamic_sampling import ScoredGroups, fill_informative, informative_groups, prompt_batches
-from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch, SamplingConfig
 
 G = 2
 
@@ -19,7 +19,7 @@ def scored(prompts: list[int], rewards: list[float]) -> ScoredGroups:
     """Prompts k with G completions [k, j] each and the given rewards."""
     completions = [[k, j] for k in prompts for j in range(G)]
     return ScoredGroups(
-        batch={"prompt_ids": [[k] for k in prompts], "answer": [str(k) for k in prompts]},
+        batch=PromptBatch([[k] for k in prompts], {"answer": [str(k) for k in prompts]}),
         generation=GenerationOutput(completion_ids=completions, finished=[True] * len(completions)),
         rewards=torch.tensor(rewards),
         per_func=torch.tensor(rewards)[:, None],
@@ -37,7 +37,7 @@ def test_fill_replaces_zero_signal_groups_from_extra_draws() -> None:
     first = scored([0, 1, 2, 3], [1, 1, 0, 1, 0, 0, 1, 0])
     extra = iter([scored([10, 11], [0, 0, 1, 0]), scored([20, 21], [0, 1, 1, 0]), scored([30, 31], [0, 1, 0, 1])])
     batch, stats = fill_informative(first, lambda: next(extra), G, max_draws=5)
-    assert batch.batch["prompt_ids"] == [[1], [3], [11], [20]] and batch.batch["answer"] == ["1", "3", "11", "20"]
+    assert batch.batch.prompt_ids == [[1], [3], [11], [20]] and batch.batch.columns["answer"] == ["1", "3", "11", "20"]
     assert batch.generation.completion_ids == [[k, j] for k in (1, 3, 11, 20) for j in range(G)]
     assert batch.rewards.tolist() == [0, 1, 1, 0, 1, 0, 0, 1]
     assert informative_groups(batch.rewards, G) == [0, 1, 2, 3]
@@ -56,7 +56,7 @@ def test_retry_bound_holds_and_batch_is_topped_up() -> None:
     batch, stats = fill_informative(first, draw, G, max_draws=2)
     assert len(calls) == 2 and stats.draws == 2 and stats.prompts_drawn == 6
     assert batch.num_groups == 4 and stats.filled_with_zero_signal == 3
-    assert batch.batch["prompt_ids"] == [[1], [0], [2], [3]]  # informative first, then the first batch's spares
+    assert batch.batch.prompt_ids == [[1], [0], [2], [3]]  # informative first, then the first batch's spares
     # max_draws = 0 never draws.
     assert fill_informative(first, draw, G, max_draws=0)[1].draws == 0 and len(calls) == 2
 
@@ -66,15 +66,15 @@ def test_keep_drawing_is_asked_with_the_missing_count() -> None:
     first = scored([0], [0, 1])
     seen: list[int] = []
     batch, stats = fill_informative(first, lambda: scored([5], [0, 1]), G, 3, lambda m: seen.append(m) or True)
-    assert seen == [0, 0, 0] and stats.draws == 3 and batch.batch["prompt_ids"] == [[0]]
+    assert seen == [0, 0, 0] and stats.draws == 3 and batch.batch.prompt_ids == [[0]]
 
 
 def test_prompt_batches_is_endless_and_covers_the_shard() -> None:
     rows = [{"prompt_ids": [i]} for i in range(6)]
     stream = prompt_batches(rows, batch_size=2, rank=0, world_size=1, seed=0)
     epoch = [next(stream) for _ in range(3)]
-    assert sorted(i for b in epoch for (i,) in b["prompt_ids"]) == list(range(6))
-    assert len(next(stream)["prompt_ids"]) == 2  # a second epoch follows
+    assert sorted(i for b in epoch for (i,) in b.prompt_ids) == list(range(6))
+    assert len(next(stream)) == 2  # a second epoch follows
 
 
 def fake_module(logged: dict[str, float], **extra: Any) -> SimpleNamespace:
@@ -122,9 +122,9 @@ def test_rollout_callback_refills_the_batch() -> None:
     trainer = SimpleNamespace(world_size=1, global_rank=0, datamodule=SimpleNamespace(rows=rows))
     callback = callback_with(parity_rewards, dynamic_sampling=True, dynamic_sampling_max_draws=8)
     callback.engine = engine = ParityEngine()
-    batch = {"prompt_ids": [[0], [1], [2], [4]], "answer": ["0", "1", "2", "4"]}  # one informative prompt of 4
+    batch = PromptBatch([[0], [1], [2], [4]], {"answer": ["0", "1", "2", "4"]})  # one informative prompt of 4
     sampling = SamplingConfig(n=G, seed=0)
-    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    rollout = callback.score(trainer, module, batch, engine.generate(batch.prompt_ids, sampling), sampling)
     prompts = rollout.prompt_ids[::G, -1].tolist()
     assert len(prompts) == 4 and prompts[0] == 1 and all(k % 2 for k in prompts)
     assert rollout.advantages.abs().min() > 0  # every group has signal
@@ -132,7 +132,7 @@ def test_rollout_callback_refills_the_batch() -> None:
     assert logged["train/dynamic_sampling/filled_with_zero_signal"] == 0
     # Off: the batch is trained as drawn, zero-signal groups included.
     callback.dynamic_sampling = False
-    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    rollout = callback.score(trainer, module, batch, engine.generate(batch.prompt_ids, sampling), sampling)
     assert rollout.prompt_ids[::G, -1].tolist() == [0, 1, 2, 4]
 
 
@@ -151,10 +151,10 @@ def test_rollout_callback_gdpo_advantages() -> None:
     trainer = SimpleNamespace(world_size=1, global_rank=0)
     generation = GenerationOutput(completion_ids=[[1], [2], [3], [4]], finished=[True] * 4)
     callback = callback_with(two_rewards, multi_objective_aggregation="normalize_then_sum")
-    rollout = callback.score(trainer, module, {"prompt_ids": [[5], [6]]}, generation)
+    rollout = callback.score(trainer, module, PromptBatch([[5], [6]]), generation)
     torch.testing.assert_close(rollout.advantages, gdpo_advantages(per_func, weights, G))
     callback.multi_objective_aggregation = "sum_then_normalize"  # the default: plain group advantages of the total
-    rollout = callback.score(trainer, module, {"prompt_ids": [[5], [6]]}, generation)
+    rollout = callback.score(trainer, module, PromptBatch([[5], [6]]), generation)
     torch.testing.assert_close(rollout.advantages, group_advantages((per_func * weights).sum(1), G))
     assert not torch.allclose(rollout.advantages, gdpo_advantages(per_func, weights, G))
 
@@ -176,8 +176,8 @@ def test_full_rank_keeps_drawing_while_another_rank_misses_groups() -> None:
     )
     callback = callback_with(parity_rewards, dynamic_sampling=True, dynamic_sampling_max_draws=3)
     callback.engine = engine = ParityEngine()
-    batch = {"prompt_ids": [[1], [3]], "answer": ["1", "3"]}
+    batch = PromptBatch([[1], [3]], {"answer": ["1", "3"]})
     sampling = SamplingConfig(n=G, seed=0)
-    rollout = callback.score(trainer, module, batch, engine.generate(batch["prompt_ids"], sampling), sampling)
+    rollout = callback.score(trainer, module, batch, engine.generate(batch.prompt_ids, sampling), sampling)
     assert logged["train/dynamic_sampling/draws"] == 3 and engine.calls == 4 and reduce_ops == ["sum"] * 3
     assert rollout.prompt_ids[::G, -1].tolist() == [1, 3]

@@ -27,7 +27,7 @@ from openrs_pl.rollout.engine import AsyncGenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.overlap import OverlappedRollouts
 from openrs_pl.rollout.thread_engine import ThreadEngine
-from openrs_pl.rollout.types import ROLLOUT_KEY, GenerationOutput, RolloutBatch, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch, RolloutBatch, SamplingConfig
 
 G = 6
 MAX_TOKENS = 8
@@ -212,12 +212,13 @@ class Recorder(L.Callback):
         self.prompts: list[list[list[int]]] = []
         self.rollouts: list[RolloutBatch] = []
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: Any, batch: PromptBatch, batch_idx: int) -> None:
         if trainer.global_step == self.fail_at:
             raise RuntimeError("injected failure")
+        assert batch.rollout is not None, "the rollout callback runs first"
         self.weights.append({k: v.detach().clone() for k, v in pl_module.policy.state_dict().items()})
-        self.prompts.append(batch["prompt_ids"])
-        self.rollouts.append(batch[ROLLOUT_KEY])
+        self.prompts.append(batch.prompt_ids)
+        self.rollouts.append(batch.rollout)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from openrs_pl.rewards.reward_set import RewardResult
 from openrs_pl.rollout.assemble import assemble_rollout
 from openrs_pl.rollout.callback import RolloutCallback
 from openrs_pl.rollout.hf_engine import HFEngine
-from openrs_pl.rollout.types import GenerationOutput, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PromptBatch, SamplingConfig
 
 MAX_TOKENS = 6
 
@@ -129,7 +129,7 @@ def test_scale_rewards_reaches_the_advantages(model_and_prompts, scale: str) -> 
         log=lambda *a, **k: None, log_dict=lambda *a, **k: None,
     )  # fmt: skip
     generation = GenerationOutput(completion_ids=[[5, 6]] * 6, finished=[True] * 6)
-    batch = {"prompt_ids": [[1, 2], [3]], "prompt": ["a", "b"]}
+    batch = PromptBatch([[1, 2], [3]], {"prompt": ["a", "b"]})
     rollout = callback.score(trainer, module, batch, generation)  # type: ignore[arg-type]
     torch.testing.assert_close(rollout.advantages, expected_advantages(rewards, g, scale))
     torch.testing.assert_close(rollout.rewards, rewards)
