@@ -13,8 +13,8 @@ Layout of one engine::
                        (private 2-rank process group: gloo on CPU, NCCL between two GPUs)
 
 What samples: ``rollout.process.generator``. ``hf`` (the default) calls HF ``generate`` on the worker's copy of the
-policy. ``vllm`` runs an in-process ``vllm.LLM`` inside the worker (vLLM decodes about 1.9x faster per CPU core
-than HF ``generate``), sized by the rollout's ``rollout.vllm`` settings. vLLM's model cannot take the pushed flat
+policy. ``vllm`` runs an in-process ``vllm.LLM`` inside the worker (faster than HF ``generate`` once batches are
+large), sized by the rollout's ``rollout.vllm`` settings. vLLM's model cannot take the pushed flat
 buffers itself, so the worker keeps the HF copy as well: each push lands in it as before, then
 :meth:`~openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights` reloads vLLM's weights from it (and resets vLLM's
 prefix cache). The generator therefore holds the weights twice, and vLLM starts from the policy's checkpoint folder
