@@ -330,6 +330,7 @@ class ProcessEngine:
         trainer_device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
         self.device = torch.device(self.config.device) if self.config.device is not None else trainer_device
         self.backend = resolve_backend(self.config.backend, trainer_device, self.device)
+        vllm_spec = self._vllm_spec(model, vllm, checkpoint, seed)  # refused before anything starts
         # The trainer's copy of a push: host memory for gloo, the policy's GPU for NCCL.
         self._staging_device = trainer_device if self.backend == "nccl" else torch.device("cpu")
         self._tickets = itertools.count()
@@ -359,7 +360,7 @@ class ProcessEngine:
             store_port=store.port,
             timeout_s=self.config.timeout_s,
             parent_pid=os.getpid(),
-            vllm=self._vllm_spec(model, vllm, checkpoint, seed),
+            vllm=vllm_spec,
         )
         # daemon: multiprocessing terminates it at interpreter exit should every other path fail.
         self._process: BaseProcess = ctx.Process(
@@ -379,7 +380,7 @@ class ProcessEngine:
     def _vllm_spec(
         self, model: nn.Module | str, vllm: VLLMConfig | None, checkpoint: str | None, seed: int
     ) -> _VLLMSpec | None:
-        """The worker's vLLM settings (``generator: vllm``), refused here rather than in the worker when unusable."""
+        """The worker's vLLM settings (``generator: vllm``); unusable ones are refused here, not in the worker."""
         if self.config.generator != "vllm":
             return None
         folder = model if isinstance(model, str) else checkpoint
