@@ -110,6 +110,14 @@ SETTINGS: list[BenchSetting] = [
     BenchSetting("ours-hf-packed-2t", "ours", 2, {"rollout.engine": "hf"} | PACKED),
     BenchSetting("ours-vllm-packed-2t", "ours", 2, VLLM | PACKED),
     BenchSetting("ours-process-overlap-packed-2t", "ours", 2, PROCESS_1_1 | PACKED, trainer_threads=1),
+    # vLLM in the generator process (sized by the same `rollout.vllm` settings as `ours-vllm-*`): it overlaps
+    BenchSetting(
+        "ours-process-vllm-overlap-packed-2t",
+        "ours",
+        2,
+        PROCESS_1_1 | PACKED | {"rollout.process.generator": "vllm"},
+        trainer_threads=1,
+    ),
 ]
 
 
@@ -156,6 +164,8 @@ def missing_option(overrides: dict[str, Any]) -> str | None:
     'rollout.no_such_option: no such option'
     >>> missing_option({"rollout.engine": "carrier-pigeon"})
     "rollout.engine: 'carrier-pigeon' is not one of ('hf', 'vllm', 'process')"
+    >>> missing_option({"rollout.process.generator": "vllm"}) is None
+    True
     """
     for key, value in overrides.items():
         root, *names = key.split(".")

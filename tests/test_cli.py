@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from openrs_pl.cli import OpenRSCLI, cli_main, main
 from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.module import GRPOModule
+from openrs_pl.rollout.process_engine import ProcessEngineConfig
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -88,10 +90,8 @@ def test_fit_help_documents_every_field_without_importing_vllm() -> None:
     """
     import os
     import subprocess
-    from dataclasses import fields
 
     from openrs_pl.grpo.config import GRPOConfig, OptimConfig
-    from openrs_pl.rollout.process_engine import ProcessEngineConfig
     from openrs_pl.rollout.vllm_config import VLLMConfig
 
     script = str(Path(sys.executable).with_name("openrs-pl"))  # the installed console script
@@ -118,6 +118,18 @@ def test_fit_help_documents_every_field_without_importing_vllm() -> None:
     assert "completions sampled per prompt (the group size G, at least 2)" in text
     assert "Fraction of device memory vLLM may use (weights + KV cache)." in text
     assert "Weight-push backend." in text
+
+
+def test_the_process_engines_vllm_generator_is_sized_by_the_rollouts_one_vllm_config(tiny_model_dir: Path) -> None:
+    """``rollout.process.generator: vllm`` parses; the generator's vLLM reads ``rollout.vllm``, not a copy of it."""
+    args = ["--config", "configs/tiny_cpu.yaml", "--model.name_or_path", str(tiny_model_dir)]
+    vllm = ["--rollout.engine", "process", "--rollout.process.generator", "vllm", "--rollout.vllm.max_model_len", "256"]
+    cli = parse([*args, *vllm])
+    rollout = cli.parser.instantiate_classes(cli.config).rollout
+    assert (rollout.process_config.generator, rollout.vllm_config.max_model_len) == ("vllm", 256)
+    assert "vllm" not in {f.name for f in fields(ProcessEngineConfig)}, "each setting named once"
+    with pytest.raises(SystemExit):
+        parse([*args, "--rollout.process.generator", "tgi"])
 
 
 def test_bad_data_fails_before_any_model_loads(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:

@@ -65,8 +65,11 @@ class RolloutCallback(L.Callback):
             (Dr. GRPO).
         engine: ``hf`` (``model.generate`` on the policy; nothing to sync), ``vllm``, or ``process`` (a generator
             process holding a copy of the policy, weights pushed over torch.distributed).
-        vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every).
-        process: generator-process settings (mode dedicated|per_rank, device, backend, sync_every).
+        vllm: vLLM engine settings (mode dedicated|colocate, device, memory, max_model_len, dtype, sync_every); with
+            ``engine: process`` and ``process.generator: vllm`` the generator process's vLLM is sized by them too
+            (placement and sync_every are then ``process``'s).
+        process: generator-process settings (generator hf|vllm, mode dedicated|per_rank, device, backend,
+            sync_every).
         hf_batch_size: prompts per ``generate`` call for the HF engine (None = the whole batch).
         seed: base sampling seed; each step and rank derive their own from it, so runs are reproducible.
         multi_objective_aggregation: sum_then_normalize: weighted reward sum, then group advantages (GRPO, the
@@ -158,7 +161,10 @@ class RolloutCallback(L.Callback):
         elif self.engine_name == "process":
             # Dedicated: rank 0 starts the one generator; per_rank: every rank starts its own.
             dedicated = self.process_config.mode == "dedicated" and trainer.global_rank != 0
-            self.engine = None if dedicated else ProcessEngine.for_policy(source, self.process_config)
+            seed = self.seed + trainer.global_rank  # the vLLM generator's default seed, as the vLLM engine's
+            self.engine = (
+                None if dedicated else ProcessEngine.for_policy(source, self.process_config, self.vllm_config, seed)
+            )
         else:
             self.engine = self._build_vllm_engine(trainer, source)
         if self.overlap:

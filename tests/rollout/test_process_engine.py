@@ -180,6 +180,16 @@ def test_config_errors() -> None:
         ProcessEngineConfig(backend="mpi")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="sync_every"):
         ProcessEngineConfig(sync_every=0)
+    with pytest.raises(ValueError, match="rollout.process.generator must be 'hf' or 'vllm'"):
+        ProcessEngineConfig(generator="tgi")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="batch_size applies to generator 'hf' only"):
+        ProcessEngineConfig(generator="vllm", batch_size=4)
+
+
+def test_the_vllm_generator_needs_a_checkpoint_folder_before_anything_starts(tiny_model_dir: Path) -> None:
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match="checkpoint folder"):
+        ProcessEngine(policy, 1, 2, ProcessEngineConfig(generator="vllm"))
 
 
 def test_a_flash_attention_policy_gets_an_sdpa_generator_on_cpu(tiny_model_dir: Path) -> None:

@@ -91,8 +91,8 @@ def test_a_failed_fit_stops_the_generator_process(
     pids: list[int | None] = []
     for_policy = ProcessEngine.for_policy
 
-    def recording_for_policy(source, config=None):  # type: ignore[no-untyped-def]
-        engine = for_policy(source, config)
+    def recording_for_policy(*args: Any, **kwargs: Any) -> ProcessEngine:
+        engine = for_policy(*args, **kwargs)
         pids.append(engine.pid)
         return engine
 

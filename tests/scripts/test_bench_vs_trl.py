@@ -99,6 +99,9 @@ def test_option_hook_accepts_the_config_and_skips_what_is_missing(bench) -> None
     for name in ("trl-1t", "trl-2t", "ours-hf-1t", "ours-hf-2t", "ours-vllm-1t", "ours-vllm-2t"):
         assert bench.missing_option(by_name[name].overrides) is None, name
     assert by_name["ours-vllm-2t"].overrides == {"rollout.engine": "vllm"} and by_name["trl-2t"].threads == 2
+    process_vllm = by_name["ours-process-vllm-overlap-packed-2t"]
+    assert bench.missing_option(process_vllm.overrides) is None and process_vllm.trainer_threads == 1
+    assert "is not one of ('hf', 'vllm')" in bench.missing_option({"rollout.process.generator": "tgi"})
     assert bench.missing_option({"grpo.logprob_chunk_size": 8, "rollout.vllm.dtype": "float32"}) is None
     assert bench.missing_option({"grpo.no_such": 1}) == "grpo.no_such: no such option"
     assert bench.missing_option({"rollout.vllm.no_such": 1}) == "rollout.vllm.no_such: no such option"
