@@ -171,10 +171,14 @@ class RolloutCallback(L.Callback):
             self._start_overlap()
 
     def _start_overlap(self) -> None:
+        if self.engine is None and self.engine_name == "process":  # a dedicated generator lives on rank 0 only
+            raise ValueError(
+                "rollout.overlap with several ranks needs a generator per rank: set --rollout.process.mode per_rank"
+            )
         if not isinstance(self.engine, AsyncGenerationEngine):
             raise ValueError(
                 f"rollout.overlap needs an engine that generates in the background; {self.engine_name} does not "
-                "(use --rollout.engine hf)"
+                "(use --rollout.engine hf or process)"
             )
         self.overlapped = OverlappedRollouts(self.engine, self.max_staleness, self.policy_version)
         self.overlapped.load_state_dict(self._restored_prefetch)

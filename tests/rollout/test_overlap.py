@@ -8,6 +8,7 @@ The fit tests run real ``trainer.fit`` steps on the tiny model and compare each 
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -338,3 +339,17 @@ def test_cli_overlap_reaches_the_callback_and_the_datamodule(tiny_model_dir: Pat
         init = cli.parser.instantiate_classes(cli.config)
         assert init.rollout.overlap is expected and init.data.lookahead is expected
         assert init.rollout.max_staleness == (2 if expected else 1)
+
+
+@pytest.mark.parametrize(
+    ("engine", "built", "message"),
+    [
+        ("process", None, "set --rollout.process.mode per_rank"),  # rank > 0 of a dedicated generator
+        ("vllm", object(), "vllm does not (use --rollout.engine hf or process)"),
+    ],
+)
+def test_overlap_without_a_background_engine_says_what_to_set(engine: str, built: object, message: str) -> None:
+    callback = RolloutCallback([RewardSpec("format")], engine=engine, overlap=True)  # type: ignore[arg-type]
+    callback.engine = built  # type: ignore[assignment]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        callback._start_overlap()
