@@ -26,7 +26,7 @@ import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -43,6 +43,7 @@ from transformers import (
 
 from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
+from openrs_pl.grpo.accumulation import deepspeed_engine, is_deepspeed, no_backward_sync, set_accumulation_boundary
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
@@ -149,7 +150,7 @@ class GRPOModule(L.LightningModule):
         self.load_models()
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
         # reads after this hook. (Lightning forbids Trainer(gradient_clip_val) with manual optimisation.)
-        if _is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
+        if is_deepspeed(self.trainer.strategy) and self.optim.max_grad_norm is not None:
             self.trainer.strategy.config.setdefault("gradient_clipping", self.optim.max_grad_norm)  # type: ignore[attr-defined]
 
     def on_fit_start(self) -> None:
@@ -221,8 +222,8 @@ class GRPOModule(L.LightningModule):
         pass_logprobs = []
         for i, mb in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            _set_accumulation_boundary(self, last)
-            with nullcontext() if last else _no_backward_sync(self):
+            set_accumulation_boundary(self, last)
+            with nullcontext() if last else no_backward_sync(self):
                 out, logprobs = self._micro_batch_loss(mb, num_active_tokens, len(micro_batches))
                 self.manual_backward(out.loss * scale)
             pass_logprobs.append(logprobs)
@@ -235,7 +236,7 @@ class GRPOModule(L.LightningModule):
             opt.zero_grad(set_to_none=True)
             return totals["loss"], torch.cat(pass_logprobs)
         opt.step()
-        engine = _deepspeed_engine(self.trainer)
+        engine = deepspeed_engine(self.trainer)
         if engine is not None:  # gradients live in ZeRO partitions: ask the engine
             grad_norm = float(engine.get_global_grad_norm() or 0.0)
         opt.zero_grad(set_to_none=True)
@@ -310,7 +311,7 @@ class GRPOModule(L.LightningModule):
         return None
 
     def _clip_gradients(self, optimizer: torch.optim.Optimizer) -> Tensor | None:
-        if self.optim.max_grad_norm is None or _is_deepspeed(self.trainer.strategy):
+        if self.optim.max_grad_norm is None or is_deepspeed(self.trainer.strategy):
             return None
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
@@ -398,50 +399,3 @@ def _load_causal_lm(model: str, torch_dtype: DType, attn_implementation: str | N
             f"cannot load model {model}: {err.__class__.__name__}: {first_line(err)}; "
             "pass a folder written by save_pretrained (e.g. `python -m openrs_pl.models.tiny runs/tiny`) or a hub id"
         ) from None
-
-
-def _is_deepspeed(strategy: Any) -> bool:
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    return isinstance(strategy, DeepSpeedStrategy)
-
-
-class _DeepSpeedEngine(Protocol):
-    """The calls the optimizer step makes on ``deepspeed.DeepSpeedEngine`` (typed here: deepspeed ships no types,
-    and a ``TYPE_CHECKING`` import would still run when the CLI resolves this module's annotations)."""
-
-    def get_global_grad_norm(self) -> float | None: ...
-
-    def set_gradient_accumulation_boundary(self, is_gradient_accumulation_boundary: bool) -> None: ...
-
-
-def _deepspeed_engine(trainer: L.Trainer) -> _DeepSpeedEngine | None:
-    """The engine DeepSpeed wraps the module in, or None under any other strategy."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy
-
-    strategy = trainer.strategy
-    return strategy.deepspeed_engine if isinstance(strategy, DeepSpeedStrategy) else None
-
-
-def _no_backward_sync(module: L.LightningModule) -> Any:
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an optimizer step.
-
-    Not under DeepSpeed: Lightning's ``block_backward_sync`` would call the engine's ``no_sync``, which asserts under
-    ZeRO-2/3; the engine reduces at the accumulation boundary set by :func:`_set_accumulation_boundary` instead.
-    """
-    if _is_deepspeed(module.trainer.strategy):
-        return nullcontext()
-    block = getattr(module.trainer.strategy, "block_backward_sync", None)
-    return block() if block is not None else nullcontext()
-
-
-def _set_accumulation_boundary(module: L.LightningModule, is_last: bool) -> None:
-    """Tell DeepSpeed which backward ends the optimizer step (call before each micro-batch's backward).
-
-    Lightning runs the engine with ``gradient_accumulation_steps=1`` (it cannot know our micro-batching), so
-    without this every backward is a boundary and DeepSpeed 0.19's ZeRO-2 keeps only the last micro-batch's
-    gradient. No-op for other strategies.
-    """
-    engine = _deepspeed_engine(module.trainer)
-    if engine is not None:
-        engine.set_gradient_accumulation_boundary(is_last)
