@@ -289,8 +289,8 @@ def summarise(rec: StepRecorder, warmup: int, max_completion_length: int) -> dic
 
     >>> rec.engine_s = [3.0, 1.5, 1.5]
     >>> s = summarise(rec, warmup=1, max_completion_length=10)
-    >>> s["trainer_idle_fraction"], s["generator_idle_fraction"], s["generator_busy_s"]
-    (0.5, 0.25, 1.5)
+    >>> s["trainer_idle_fraction"], s["generator_idle_fraction"], s["generator_busy_s"], s["generation_tok_per_s"]
+    (0.5, 0.25, 1.5, 40.0)
     """
     n_steps = len(rec.ends)
     if len(rec.begins) != n_steps:
@@ -327,7 +327,7 @@ def summarise(rec: StepRecorder, warmup: int, max_completion_length: int) -> dic
         },
         "mean_prompt_len": round(sum(rec.prompt_tokens[i] for i in measured) / len(lengths), 2),
         "completion_tok_per_s": round(tokens / step_seconds, 2),
-        "generation_tok_per_s": round(tokens / (split["generation"] * len(measured)), 2),
+        "generation_tok_per_s": round(tokens / (busy * len(measured)), 2),  # per second the generator works
         "split_s": {k: round(v, 4) for k, v in split.items()},
         "trainer_idle_fraction": round(split["generation"] / mean_step, 4),
         "generator_busy_s": round(busy, 4),
