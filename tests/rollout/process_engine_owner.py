@@ -21,7 +21,9 @@ if __name__ == "__main__":  # spawn re-imports this file in the worker: only the
     model_dir, how = sys.argv[1], sys.argv[2]
     engine = ProcessEngine(model_dir, eos_token_id=1, pad_token_id=2, config=ProcessEngineConfig(join_timeout_s=2))
     engine.generate([[5, 6, 7]], SamplingConfig(n=2, max_tokens=4, seed=0))
-    print(f"WORKER {engine.pid}", flush=True)
+    ready = f"WORKER {engine.pid}"
+    if how != "wait" and how != "interrupt-then-generate":
+        print(ready, flush=True)
     if how == "close":
         engine.close()
         print("CLOSED", flush=True)
@@ -33,6 +35,8 @@ if __name__ == "__main__":  # spawn re-imports this file in the worker: only the
         raise RuntimeError("the trainer failed while the generator was busy")
     else:
         try:
+            # Announced inside the try: a signal sent as soon as the test reads the line lands in the handler.
+            print(ready, flush=True)
             while True:
                 time.sleep(0.1)
         except KeyboardInterrupt:
