@@ -104,12 +104,20 @@ SETTINGS: list[BenchSetting] = [
     BenchSetting("ours-hf-2t", "ours", 2, {"rollout.engine": "hf"}),
     BenchSetting("ours-vllm-1t", "ours", 1, VLLM),
     BenchSetting("ours-vllm-2t", "ours", 2, VLLM),
-    # vLLM runs in the trainer's process and cannot overlap; the HF engine overlaps in a thread or a process
+    # Overlap: the HF engine in a thread or a process; vLLM in a thread of the trainer's process or in a process
     BenchSetting("ours-hf-overlap-2t", "ours", 2, {"rollout.engine": "hf", "rollout.overlap": True}),
     BenchSetting("ours-process-overlap-2t", "ours", 2, PROCESS_1_1, trainer_threads=1),
     BenchSetting("ours-hf-packed-2t", "ours", 2, {"rollout.engine": "hf"} | PACKED),
     BenchSetting("ours-vllm-packed-2t", "ours", 2, VLLM | PACKED),
     BenchSetting("ours-process-overlap-packed-2t", "ours", 2, PROCESS_1_1 | PACKED, trainer_threads=1),
+    # One interpreter, vLLM decoding in a background thread while the trainer's thread trains, one core each
+    BenchSetting(
+        "ours-vllm-overlap-packed-2t",
+        "ours",
+        2,
+        VLLM | PACKED | {"rollout.overlap": True, "rollout.generation_threads": 1},
+        trainer_threads=1,
+    ),
     # vLLM in the generator process (sized by the same `rollout.vllm` settings as `ours-vllm-*`): it overlaps
     BenchSetting(
         "ours-process-vllm-overlap-packed-2t",

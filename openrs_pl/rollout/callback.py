@@ -80,10 +80,14 @@ class RolloutCallback(L.Callback):
         dynamic_sampling_max_draws: extra prompt batches dynamic sampling may draw per step; when they run out the
             batch is topped up with zero-signal groups.
         overlap: generate step t+1's completions while step t trains (the hf engine then samples in a background
-            thread from its own copy of the policy). Completions become off-policy by one update; the sampler's
-            log-probs are kept and the module applies truncated importance sampling to them. Off in the recipe.
+            thread from its own copy of the policy; the vllm engine is driven from a background thread; the process
+            engine generates in its process). Completions become off-policy by one update; the sampler's log-probs
+            are kept and the module applies truncated importance sampling to them. Off in the recipe.
         max_staleness: with ``overlap``, the most policy updates a trained-on completion may lag behind; staler
             ones are generated again with the current weights.
+        generation_threads: with ``overlap`` and the hf or vllm engine, the torch threads (CPU cores) of the
+            background generation thread; None: as many as the trainer's. (The process engine's is
+            ``process.num_threads``.)
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class RolloutCallback(L.Callback):
         dynamic_sampling_max_draws: int = 4,
         overlap: bool = False,
         max_staleness: int = 1,
+        generation_threads: int | None = None,
     ) -> None:
         super().__init__()
         # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
@@ -121,6 +126,8 @@ class RolloutCallback(L.Callback):
         validate_reward_specs(rewards)
         if max_staleness < 0:
             raise ValueError(f"rollout.max_staleness must be >= 0, got {max_staleness}")
+        if generation_threads is not None and generation_threads < 1:
+            raise ValueError(f"rollout.generation_threads must be >= 1, got {generation_threads}")
         if dynamic_sampling_max_draws < 0:
             raise ValueError(f"rollout.dynamic_sampling_max_draws must be >= 0, got {dynamic_sampling_max_draws}")
         self.multi_objective_aggregation = multi_objective_aggregation
@@ -140,6 +147,7 @@ class RolloutCallback(L.Callback):
         self.engine: GenerationEngine | None = None
         self.overlap = overlap
         self.max_staleness = max_staleness
+        self.generation_threads = generation_threads
         self.overlapped: OverlappedRollouts | None = None
         self.policy_version = 0  # training steps the policy has taken (overlap mode's clock, checkpointed)
         self._restored_prefetch: dict[str, Any] = {}
@@ -155,7 +163,7 @@ class RolloutCallback(L.Callback):
             return
         source = policy_source(pl_module)
         if self.engine_name == "hf" and self.overlap:
-            self.engine = ThreadEngine.for_policy(source, batch_size=self.hf_batch_size)
+            self.engine = ThreadEngine.for_policy(source, self.hf_batch_size, self.generation_threads)
         elif self.engine_name == "hf":
             self.engine = HFEngine.for_policy(source, batch_size=self.hf_batch_size)
         elif self.engine_name == "process":
@@ -167,19 +175,17 @@ class RolloutCallback(L.Callback):
             )
         else:
             self.engine = self._build_vllm_engine(trainer, source)
+            if self.overlap and self.engine is not None:
+                self.engine = ThreadEngine.around(self.engine, self.generation_threads)
         if self.overlap:
             self._start_overlap()
 
     def _start_overlap(self) -> None:
-        if self.engine is None and self.engine_name == "process":  # a dedicated generator lives on rank 0 only
-            raise ValueError(
-                "rollout.overlap with several ranks needs a generator per rank: set --rollout.process.mode per_rank"
-            )
+        if self.engine is None:  # a dedicated generator lives on rank 0 only
+            fix = "--rollout.process.mode per_rank" if self.engine_name == "process" else "--rollout.vllm.mode colocate"
+            raise ValueError(f"rollout.overlap with several ranks needs a generator per rank: set {fix}")
         if not isinstance(self.engine, AsyncGenerationEngine):
-            raise ValueError(
-                f"rollout.overlap needs an engine that generates in the background; {self.engine_name} does not "
-                "(use --rollout.engine hf or process)"
-            )
+            raise TypeError(f"rollout.overlap needs an engine that generates in the background, not {self.engine!r}")
         self.overlapped = OverlappedRollouts(self.engine, self.max_staleness, self.policy_version)
         self.overlapped.load_state_dict(self._restored_prefetch)
 

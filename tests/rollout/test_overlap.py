@@ -68,7 +68,7 @@ def test_thread_engine_applies_requests_and_pushes_in_order(tiny_model_dir: Path
     tokenizer, prompts = tiny
     sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=MAX_TOKENS, seed=5)
     policy = load(tiny_model_dir)
-    engine = ThreadEngine(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = ThreadEngine.on_copy(policy, tokenizer.eos_token_id, tokenizer.pad_token_id)
     assert isinstance(engine, AsyncGenerationEngine)
     try:
         before = engine.submit(prompts, sampling)
@@ -97,11 +97,87 @@ def test_thread_engine_applies_requests_and_pushes_in_order(tiny_model_dir: Path
 
 def test_thread_engine_reports_a_failed_push_with_the_next_request(tiny_model_dir: Path, tiny) -> None:
     tokenizer, prompts = tiny
-    engine = ThreadEngine(load(tiny_model_dir), tokenizer.eos_token_id, tokenizer.pad_token_id)
+    engine = ThreadEngine.on_copy(load(tiny_model_dir), tokenizer.eos_token_id, tokenizer.pad_token_id)
     try:
         engine.sync_weights(nn.Linear(2, 2))
         with pytest.raises(RuntimeError, match="weight push"):
             engine.generate(prompts, SamplingConfig(n=2, max_tokens=2, seed=0))
+    finally:
+        engine.close()
+
+
+class SelfWeightedEngine:
+    """A GenerationEngine double with weights of its own (as vLLM's): records each call, the thread it ran on and
+    the torch threads that thread had; ``generate`` can be held back to show what waits for what."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+        self.synced_from: list[float] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.closed = False
+
+    def _record(self, call: str) -> None:
+        self.calls.append((call, threading.current_thread().name, torch.get_num_threads()))
+
+    def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+        self.release.wait(timeout=10)
+        self._record("generate")
+        rows = len(prompt_ids) * sampling.n
+        return GenerationOutput([[len(self.synced_from)]] * rows, [True] * rows)
+
+    def sync_weights(self, policy: nn.Module, force: bool = False) -> None:
+        self._record("sync")
+        if not isinstance(policy, nn.Linear):
+            raise ValueError("not this engine's architecture")
+        self.synced_from.append(float(policy.weight.sum()))  # read from the live policy when the push runs
+
+    def sleep(self) -> None: ...
+
+    def wake_up(self) -> None: ...
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_thread_engine_around_an_engine_with_its_own_weights_syncs_in_order_on_its_thread() -> None:
+    inner = SelfWeightedEngine()
+    engine = ThreadEngine.around(inner, num_threads=1)
+    policy = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        policy.weight.fill_(1.0)
+    caller_threads = torch.get_num_threads()
+    try:
+        inner.release.clear()
+        before = engine.submit([[1]], SamplingConfig(n=2))  # held in the worker
+        pushed = threading.Thread(target=engine.sync_weights, args=(policy,))
+        pushed.start()
+        pushed.join(timeout=0.5)
+        assert pushed.is_alive(), "a push waits for the request in flight: the engine is used by one thread"
+        inner.release.set()
+        pushed.join(timeout=10)
+        with torch.no_grad():
+            policy.weight.fill_(2.0)  # after the push returned: the engine must not see this
+        after = engine.submit([[1]], SamplingConfig(n=2))
+        outputs = [engine.collect(before), engine.collect(after)]
+    finally:
+        engine.close()
+    assert [o.weights_version for o in outputs] == [0, 1] and engine.weights_version == 1
+    assert [o.completion_ids[0] for o in outputs] == [[0], [1]]
+    assert inner.synced_from == [4.0], "synced from the live policy when the push ran, not later"
+    assert [c[0] for c in inner.calls] == ["generate", "sync", "generate"]
+    assert {c[1].split("_")[0] for c in inner.calls} == {"openrs-generation"}, inner.calls
+    assert {c[2] for c in inner.calls} == {1}, "the worker thread runs with its own torch thread count"
+    assert torch.get_num_threads() == caller_threads, "the caller's thread count is left alone"
+    assert inner.closed and not generation_threads()
+
+
+def test_thread_engine_around_an_engine_raises_a_failed_push_to_the_caller() -> None:
+    engine = ThreadEngine.around(SelfWeightedEngine())
+    try:
+        with pytest.raises(ValueError, match="architecture"):
+            engine.sync_weights(nn.Conv1d(1, 1, 1))
+        assert engine.generate([[1]], SamplingConfig(n=2)).completion_ids == [[0], [0]]
     finally:
         engine.close()
 
@@ -342,14 +418,14 @@ def test_cli_overlap_reaches_the_callback_and_the_datamodule(tiny_model_dir: Pat
 
 
 @pytest.mark.parametrize(
-    ("engine", "built", "message"),
-    [
-        ("process", None, "set --rollout.process.mode per_rank"),  # rank > 0 of a dedicated generator
-        ("vllm", object(), "vllm does not (use --rollout.engine hf or process)"),
+    ("engine", "message"),
+    [  # rank > 0 of a dedicated generator: it has none
+        ("process", "set --rollout.process.mode per_rank"),
+        ("vllm", "set --rollout.vllm.mode colocate"),
     ],
 )
-def test_overlap_without_a_background_engine_says_what_to_set(engine: str, built: object, message: str) -> None:
+def test_overlap_on_a_rank_without_a_generator_says_what_to_set(engine: str, message: str) -> None:
     callback = RolloutCallback([RewardSpec("format")], engine=engine, overlap=True)  # type: ignore[arg-type]
-    callback.engine = built  # type: ignore[assignment]
+    callback.engine = None
     with pytest.raises(ValueError, match=re.escape(message)):
         callback._start_overlap()
