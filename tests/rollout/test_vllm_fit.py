@@ -19,17 +19,13 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("sync", [True, False], ids=["synced", "sync-skipped"])
-def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bool, monkeypatch) -> None:
-    if not sync:  # negative control: the same run with the weight push disabled must show the stale engine
-        monkeypatch.setattr(
-            "openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights", lambda self, policy, force=False: None
-        )
+def fit(tiny_model_dir: Path, tmp_path: Path, *extra: str):
+    """A 3-step CLI fit with the in-process vLLM engine in float32 (the trainer's dtype) and ``extra`` options."""
     data = tmp_path / "train.jsonl"
     data.write_text(
         "".join(json.dumps({"problem": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n" for a in range(12))
     )
-    cli = cli_main(
+    return cli_main(
         [
             "fit", "--config", "configs/tiny_cpu.yaml",
             "--model.name_or_path", str(tiny_model_dir), "--data.source", str(data),
@@ -43,8 +39,18 @@ def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bo
             # A random model is never right; cosine still scores wrong answers by length, so advantages are
             # non-zero and the policy really moves between steps.
             "--rollout.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
+            *extra,
         ]
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["synced", "sync-skipped"])
+def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bool, monkeypatch) -> None:
+    if not sync:  # negative control: the same run with the weight push disabled must show the stale engine
+        monkeypatch.setattr(
+            "openrs_pl.rollout.vllm_engine.VLLMEngine.sync_weights", lambda self, policy, force=False: None
+        )
+    cli = fit(tiny_model_dir, tmp_path)
     assert cli.trainer.global_step == 3
     metrics = pd.read_csv(Path(cli.trainer.logger.log_dir) / "metrics.csv")
     gap = metrics["train/sampler_logprob_diff"].dropna()
@@ -61,25 +67,7 @@ def test_three_step_fit_with_vllm(tiny_model_dir: Path, tmp_path: Path, sync: bo
 
 def test_overlapped_fit_with_vllm_in_a_background_thread(tiny_model_dir: Path, tmp_path: Path) -> None:
     """``overlap`` with the in-process vLLM engine: a thread decodes the next step while this one trains."""
-    data = tmp_path / "train.jsonl"
-    data.write_text(
-        "".join(json.dumps({"problem": f"What is {a} + 2?", "answer": str(a + 2)}) + "\n" for a in range(12))
-    )
-    cli = cli_main(
-        [
-            "fit", "--config", "configs/tiny_cpu.yaml",
-            "--model.name_or_path", str(tiny_model_dir), "--data.source", str(data),
-            "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path), "--trainer.enable_checkpointing", "false",
-            "--trainer.callbacks", "[]", "--rollout.max_completion_length", "16",
-            "--data.prompts_per_step", "2", "--model.grpo.micro_batch_size", "12", "--model.optim.lr", "1e-3",
-            "--rollout.engine", "vllm", "--rollout.vllm.device", "cpu", "--rollout.overlap", "true",
-            "--rollout.generation_threads", "1",
-            "--rollout.vllm.dtype", "float32", "--rollout.vllm.max_model_len", "256",
-            "--rollout.vllm.kv_cache_memory_bytes", "268435456",
-            "--rollout.rewards", '[{name: cosine, kwargs: {max_len: 40, gold_field: answer}}]',
-        ]
-    )  # fmt: skip
+    cli = fit(tiny_model_dir, tmp_path, "--rollout.overlap", "true", "--rollout.generation_threads", "1")
     assert cli.trainer.global_step == 3
     metrics = pd.read_csv(Path(cli.trainer.logger.log_dir) / "metrics.csv")
     assert metrics["train/rollout/staleness"].dropna().tolist() == [0.0, 1.0, 1.0]
