@@ -11,6 +11,7 @@ Usage: python process_engine_owner.py MODEL_DIR HOW
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 
@@ -18,6 +19,10 @@ from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
 from openrs_pl.rollout.types import SamplingConfig
 
 if __name__ == "__main__":  # spawn re-imports this file in the worker: only the trainer runs the body
+    # Start with Ctrl-C raising KeyboardInterrupt, as in a terminal: an ignored SIGINT is inherited, and the test
+    # runner's process ignores it for good once any in-process fit was interrupted (Lightning's _call_and_handle_
+    # interrupt sets SIG_IGN), which made the SIGINT cases hang in the full suite.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     model_dir, how = sys.argv[1], sys.argv[2]
     engine = ProcessEngine(model_dir, eos_token_id=1, pad_token_id=2, config=ProcessEngineConfig(join_timeout_s=2))
     engine.generate([[5, 6, 7]], SamplingConfig(n=2, max_tokens=4, seed=0))
