@@ -176,7 +176,7 @@ class RolloutCallback(L.Callback):
         else:
             self.engine = self._build_vllm_engine(trainer, source)
             if self.overlap and self.engine is not None:
-                self.engine = ThreadEngine.around(self.engine, self.generation_threads)
+                self.engine = ThreadEngine.around(self.engine, self.generation_threads, self.vllm_config.sync_every)
         if self.overlap:
             self._start_overlap()
 

@@ -40,13 +40,26 @@ class ThreadEngine:
         mirror: the module ``engine`` samples from, when it is a copy of the policy (pushes then load a snapshot
             into it without waiting); ``None``: pushes call ``engine.sync_weights`` and wait for it.
         num_threads: torch threads of the worker thread (CPU); ``None``: as many as the caller's.
+        sync_every: without a mirror, push on every ``sync_every``-th :meth:`sync_weights` call (or when ``force``),
+            the wrapped engine's own setting: the skipping is decided here and the engine is always forced, so the
+            versions count only pushes that reached it.
     """
 
-    def __init__(self, engine: GenerationEngine, mirror: nn.Module | None = None, num_threads: int | None = None):
+    def __init__(
+        self,
+        engine: GenerationEngine,
+        mirror: nn.Module | None = None,
+        num_threads: int | None = None,
+        sync_every: int = 1,
+    ):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"generation threads must be >= 1, got {num_threads}")
+        if sync_every < 1:
+            raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self._engine = engine
         self._mirror = mirror
+        self._sync_every = sync_every
+        self._sync_calls = 0
         # torch._C.set_num_threads: vLLM's CPU worker replaces torch.set_num_threads with a no-op.
         initializer = None if num_threads is None else (lambda: torch._C.set_num_threads(num_threads))
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="openrs-generation", initializer=initializer)
@@ -78,9 +91,9 @@ class ThreadEngine:
         return cls.on_copy(source.policy, source.tokenizer.eos_token_id, source.pad_token_id, batch_size, num_threads)
 
     @classmethod
-    def around(cls, engine: GenerationEngine, num_threads: int | None = None) -> ThreadEngine:
+    def around(cls, engine: GenerationEngine, num_threads: int | None = None, sync_every: int = 1) -> ThreadEngine:
         """``engine`` (holding weights of its own, e.g. vLLM's) driven from the background thread."""
-        return cls(engine, None, num_threads)
+        return cls(engine, None, num_threads, sync_every)
 
     @property
     def weights_version(self) -> int:
@@ -102,9 +115,12 @@ class ThreadEngine:
 
         With a mirror the push is queued (``force`` moot); without one the caller waits until the engine has synced.
         """
+        self._sync_calls += 1
+        if self._mirror is None and not force and self._sync_calls % self._sync_every != 0:
+            return
         self._pushes += 1
         if self._mirror is None:
-            self._worker.submit(self._sync, policy, force).result()
+            self._worker.submit(self._sync, policy).result()
             return
         snapshot = {name: value.detach().clone() for name, value in policy.state_dict().items()}
         self._worker.submit(self._load, snapshot)
@@ -131,8 +147,8 @@ class ThreadEngine:
             raise
         self._applied += 1
 
-    def _sync(self, policy: nn.Module, force: bool) -> None:
-        self._engine.sync_weights(policy, force)  # an error reaches the caller, who waits for this push
+    def _sync(self, policy: nn.Module) -> None:
+        self._engine.sync_weights(policy, force=True)  # an error reaches the caller, who waits for this push
         self._applied += 1
 
     def _generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:

@@ -172,6 +172,23 @@ def test_thread_engine_around_an_engine_with_its_own_weights_syncs_in_order_on_i
     assert inner.closed and not generation_threads()
 
 
+def test_thread_engine_around_counts_only_the_pushes_that_reach_the_engine() -> None:
+    inner = SelfWeightedEngine()
+    engine = ThreadEngine.around(inner, sync_every=2)
+    policy = nn.Linear(2, 2, bias=False)
+    try:
+        versions = []
+        for _ in range(3):  # calls 1 and 3 are skipped, call 2 pushes
+            engine.sync_weights(policy)
+            versions.append(engine.generate([[1]], SamplingConfig(n=2)).weights_version)
+        engine.sync_weights(policy, force=True)  # a forced call always pushes
+        versions.append(engine.generate([[1]], SamplingConfig(n=2)).weights_version)
+    finally:
+        engine.close()
+    assert versions == [0, 1, 1, 2] and engine.weights_version == 2
+    assert len(inner.synced_from) == 2, "the engine received exactly the counted pushes"
+
+
 def test_thread_engine_around_an_engine_raises_a_failed_push_to_the_caller() -> None:
     engine = ThreadEngine.around(SelfWeightedEngine())
     try:
