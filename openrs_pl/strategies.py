@@ -12,9 +12,10 @@ Names registered in Lightning's strategy registry when :mod:`openrs_pl` is impor
 weight sync refuses its partitioned parameters). Tested on CPU with precision ``32-true`` and ``bf16-mixed``
 (``tests/grpo/test_deepspeed.py``).
 
-The first run JIT-compiles DeepSpeed's small shared-memory communication op (about 80 s, needs a C++ compiler;
-cached in ``~/.cache/torch_extensions``). DeepSpeed reads ``DS_ACCELERATOR`` once, when it first picks its
-accelerator: the strategy sets it when it is constructed, which is before the CLI or the launcher imports
+Collectives go through gloo, as DDP's do. DeepSpeed's own shared-memory all-reduce op for CPUs is off by default: it is
+JIT-compiled on first use (about 80 s, needs a C++ compiler; cached in ``~/.cache/torch_extensions``) and only speeds up
+CPU runs, which are for debugging; ``shm_comm=True`` turns it on. DeepSpeed reads ``DS_ACCELERATOR`` once, when it first
+picks its accelerator: the strategy sets it when it is constructed, which is before the CLI or the launcher imports
 DeepSpeed; setting ``DS_ACCELERATOR=cpu`` in the shell works too.
 """
 
@@ -31,10 +32,16 @@ from torch.optim import Optimizer
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
-    """Lightning's ``DeepSpeedStrategy`` on CPU processes (gloo); every argument is ``DeepSpeedStrategy``'s."""
+    """Lightning's ``DeepSpeedStrategy`` on CPU processes (gloo); every other argument is ``DeepSpeedStrategy``'s.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    Args:
+        shm_comm: let DeepSpeed build and use its shared-memory all-reduce op (JIT-compiled on first use, about 80 s);
+            off, its collectives fall back to ``torch.distributed`` with gloo.
+    """
+
+    def __init__(self, *args: Any, shm_comm: bool = False, **kwargs: Any) -> None:
         _use_deepspeed_cpu_accelerator()
+        self.shm_comm = shm_comm
         kwargs.setdefault("process_group_backend", "gloo")
         super().__init__(*args, **kwargs)
 
@@ -46,6 +53,8 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         # DeepSpeedStrategy's version also checks that device indices equal local ranks; CPU devices have none.
         reset_seed()
         self.set_world_ranks()
+        if not self.shm_comm:
+            _skip_shm_comm_op()
         self._init_deepspeed_distributed()
 
     def _setup_model_and_optimizer(
@@ -79,6 +88,15 @@ def _use_deepspeed_cpu_accelerator() -> None:
             f"DeepSpeed already uses its {chosen.device_name()!r} accelerator in this process: set DS_ACCELERATOR=cpu "
             "in the environment before starting Python to use the CPU DeepSpeed strategy"
         )
+
+
+def _skip_shm_comm_op() -> None:
+    """Mark DeepSpeed's shared-memory comm op as unbuildable in this process, so its backend does not JIT-build it."""
+    import deepspeed.ops
+
+    # DeepSpeed probes once per process which ops this machine can build and keeps that dict (edits persist); its
+    # torch backend builds the shm op only if the dict says it can, else all-reduces with torch.distributed.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def register_cpu_deepspeed_strategies(registry: Any = StrategyRegistry) -> None:

@@ -45,3 +45,20 @@ def test_an_already_chosen_gpu_accelerator_is_reported(monkeypatch: pytest.Monke
     monkeypatch.setattr(real_accelerator, "ds_accelerator", SimpleNamespace(device_name=lambda: "cuda"))
     with pytest.raises(RuntimeError, match="already uses its 'cuda' accelerator"):
         CPUDeepSpeedStrategy(stage=2)
+
+
+@pytest.mark.parametrize("shm_comm", [False, True])
+def test_deepspeeds_shm_comm_op_is_left_to_deepspeed_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, shm_comm: bool
+) -> None:
+    import deepspeed.ops
+
+    ops = deepspeed.ops.__compatible_ops__  # what DeepSpeed's torch backend reads before JIT-building the op
+    monkeypatch.setitem(ops, "deepspeed_shm_comm", True)  # as on a machine with a C++ compiler
+    seen: list[bool] = []
+    monkeypatch.setattr(CPUDeepSpeedStrategy, "set_world_ranks", lambda self: None)
+    monkeypatch.setattr(
+        CPUDeepSpeedStrategy, "_init_deepspeed_distributed", lambda self: seen.append(ops["deepspeed_shm_comm"])
+    )
+    CPUDeepSpeedStrategy(stage=2, shm_comm=shm_comm).setup_distributed()
+    assert seen == [shm_comm]

@@ -1,11 +1,10 @@
 """The recipe's strategy, DeepSpeed ZeRO-2, run for real on 2 CPU ranks (``deepspeed_stage_2_cpu``, gloo).
 
-One subprocess (``zero_fit.py``) runs every phase, so the suite pays one start-up (and, on a fresh machine, one
-~80 s JIT build of DeepSpeed's comm op); the tests below each check one property of what it recorded:
-(a) one optimizer step over M = 3 micro-batches equals DDP and a single-backward full-batch reference, for bnpo and
-dapo; (b) bf16: the weights ``named_weights`` hands to the rollout engine are the updated ones; (c) a ZeRO-2
-checkpoint resumes and exports (console script) to an HF folder with the trained weights; (d) ZeRO-3 is refused by
-the vLLM weight sync with a clear message.
+One subprocess (``zero_fit.py``) runs every phase, so the suite pays one start-up; the tests below each check one
+property of what it recorded: (a) one optimizer step over M = 3 micro-batches equals DDP and a single-backward
+full-batch reference, for bnpo and dapo; (b) bf16: the weights ``named_weights`` hands to the rollout engine are the
+updated ones; (c) a ZeRO-2 checkpoint resumes and exports (console script) to an HF folder with the trained weights; (d)
+ZeRO-3 is refused by the vLLM weight sync with a clear message.
 """
 
 from __future__ import annotations
@@ -157,6 +156,8 @@ def test_zero2_step_equals_ddp_and_full_batch_reference(
         )
     assert zero_vs_ddp < ATOL and zero_vs_ref < ATOL and ddp_vs_ref < ATOL
     assert max_diff(zero[0]["final"], zero[1]["final"]) == 0  # the ranks agree
+    # Through gloo: DeepSpeed's shared-memory comm op was not JIT-built (shm_comm is off by default).
+    assert [r["shm_comm_op"] for r in zero] == [False, False]
     # The logged grad norm is the pre-clip norm of the whole step's gradient (DeepSpeed: read from the engine).
     for record in (zero[0], ddp[0]):
         assert record["metrics"][0]["train/grad_norm"].item() == pytest.approx(ref_norm, rel=1e-4)

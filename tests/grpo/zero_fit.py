@@ -1,8 +1,8 @@
 """Run by tests/grpo/test_deepspeed.py: 2-rank fits under CPU DeepSpeed (and DDP) that record what each rank did.
 
 Lightning's launcher re-executes this script once per extra rank, so it must be a script, not a test. All phases
-run one after another in the same two processes (one launch, one process group, one JIT build of DeepSpeed's
-comm op), which keeps the test's cost to a single start-up.
+run one after another in the same two processes (one launch, one process group), which keeps the test's cost to a
+single start-up.
 
 Usage: python tests/grpo/zero_fit.py MODEL_DIR DATA_JSONL OUT_DIR [PHASE,PHASE,...]
 Writes OUT_DIR/<phase>/rank<r>.pt with the rollouts, initial and updated weights, logged metrics and, for each
@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from openrs_pl.cli import cli_main
 from openrs_pl.rollout.vllm_engine import named_weights
@@ -58,6 +59,10 @@ class Recorder(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.record["initial"] = _float_state(pl_module.policy)
+        if isinstance(trainer.strategy, DeepSpeedStrategy):
+            from deepspeed.comm import comm
+
+            self.record["shm_comm_op"] = comm.cdb.shm_comm_op is not None
         self.record["synced_types"] = {}
         log_dict = pl_module.log_dict
 
