@@ -2,7 +2,9 @@
 
 vLLM loads the *base* weights from ``model.name_or_path`` when it starts, so a resumed run must push the restored
 policy into the engine before its first rollout (``RolloutCallback.on_train_start``). The comparison with an
-uninterrupted run fails if it does not: the engine would sample step 3's completions from step 0's weights.
+uninterrupted run fails if it does not: the engine would sample step 3's completions from step 0's weights. Only the
+2-rank case runs: its rank 0 takes the same forced-sync path a one-process run does, and also restores a DDP run
+(a one-process version of this test gave the same max difference 0.0 and cost another minute of CI).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from openrs_pl.health.checkpointing import version_of
 
 from .test_checkpointing import (
     COMPARED,
-    STEPS,
     fit_args,
     max_differences,
     moving,
@@ -69,15 +70,6 @@ def assert_exact(name: str, resumed: dict, uninterrupted: dict, steps: int) -> N
     # float32 on both sides; the sampler gap of a synced engine is ~1e-7 (tests/rollout/test_vllm_fit.py).
     assert all(d <= 1e-6 for d in diffs.values()), diffs
     assert max(gaps) < 1e-5, gaps
-
-
-def test_vllm_kill_9_then_resume_is_exact(setup_dir: Path, tiny_model_dir: Path) -> None:
-    base = setup_dir / "vllm_uninterrupted"
-    proc = run(fit_args(setup_dir, tiny_model_dir, base, *VLLM))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    uninterrupted = moving(step_metrics(base / "grpo" / "version_0", (*COMPARED, GAP)))
-    resumed, newest = kill_9_and_resume(setup_dir, tiny_model_dir, setup_dir / "vllm_kill9", VLLM, kill_after=3)
-    assert_exact(f"vLLM kill -9 (resumed from {newest.name})", resumed, uninterrupted, STEPS)
 
 
 def test_two_rank_ddp_vllm_kill_9_then_resume_is_exact(setup_dir: Path, tiny_model_dir: Path) -> None:
