@@ -188,7 +188,8 @@ def test_tiny_run_json_is_consistent(bench, tmp_path) -> None:
         # The generator's clock: TRL's is the generation phase; ours is the engine's own, inside that phase when
         # synchronous, and running during the step's training (so not bounded by the trainer's wait) with overlap.
         busy = s["generator_busy_s"]
-        assert s["generator_idle_fraction"] == pytest.approx(1 - busy / s["mean_s_per_step"], abs=2e-3)
+        # Clamped at 0: overlapped, a generation that began in the step before can end inside the measured one.
+        assert s["generator_idle_fraction"] == pytest.approx(max(0.0, 1 - busy / s["mean_s_per_step"]), abs=2e-3)
         if s["side"] == "trl":
             assert busy == pytest.approx(split["generation"], abs=1e-3)
         elif not overlap:
