@@ -118,6 +118,14 @@ SETTINGS: list[BenchSetting] = [
         VLLM | PACKED | {"rollout.overlap": True, "rollout.generation_threads": 1},
         trainer_threads=1,
     ),
+    # ... and the thread also scores the reference (the KL term's log-probs) in the generator's idle time
+    BenchSetting(
+        "ours-vllm-overlap-packed-ref-2t",
+        "ours",
+        2,
+        VLLM | PACKED | {"rollout.overlap": True, "rollout.generation_threads": 1, "rollout.score_reference": True},
+        trainer_threads=1,
+    ),
     # vLLM in the generator process (sized by the same `rollout.vllm` settings as `ours-vllm-*`): it overlaps
     BenchSetting(
         "ours-process-vllm-overlap-packed-2t",

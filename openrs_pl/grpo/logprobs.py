@@ -12,8 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from openrs_pl.grpo.config import GRPOConfig
 from openrs_pl.grpo.objectives import token_entropy
-from openrs_pl.grpo.packing import PackedBatch
+from openrs_pl.grpo.packing import PackedBatch, pack_rows
+from openrs_pl.rollout.assemble import pad_left, pad_right
 
 
 class _SelectiveLogSoftmax(torch.autograd.Function):
@@ -133,6 +135,65 @@ def completion_logprobs(
     if return_entropy:
         return torch.cat(chunks), torch.cat(entropies)  # [B, L] each
     return torch.cat(chunks)  # [B, L]
+
+
+def rollout_logprobs(
+    model: nn.Module,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    completion_ids: Tensor,
+    completion_mask: Tensor,
+    temperature: float,
+    grpo: GRPOConfig,
+    return_entropy: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Completion log-probs ``[N, L]`` of a rollout's rows, packed or padded as ``grpo`` says.
+
+    ``prompt_ids`` / ``prompt_mask`` ``[N, P]`` left-padded, ``completion_ids`` / ``completion_mask`` ``[N, L]``
+    right-padded (a :class:`~openrs_pl.rollout.types.RolloutBatch`'s layout). Packed (``grpo.packing``): the rows'
+    real tokens only, ``grpo.pack_tokens`` per pass, each prompt once per group with ``grpo.share_prompts``;
+    padded: :func:`completion_logprobs` in chunks of ``grpo.logprob_chunk_size`` rows. Equal to within float noise.
+    """
+    if grpo.packing:
+        packed = pack_rows(
+            prompt_ids, prompt_mask, completion_ids, completion_mask, grpo.pack_tokens, grpo.share_prompts
+        )
+        return packed_completion_logprobs(model, packed, temperature, return_entropy)
+    return completion_logprobs(
+        model,
+        torch.cat([prompt_ids, completion_ids], dim=1),  # [N, P+L]
+        torch.cat([prompt_mask, completion_mask], dim=1),  # [N, P+L]
+        completion_len=completion_ids.shape[1],
+        temperature=temperature,
+        chunk_size=grpo.logprob_chunk_size,
+        return_entropy=return_entropy,
+    )  # [N, L], or ([N, L], [N, L]) with the entropies
+
+
+@torch.no_grad()
+def score_completions(
+    model: nn.Module,
+    prompt_ids: list[list[int]],
+    completion_ids: list[list[int]],
+    temperature: float,
+    grpo: GRPOConfig,
+    pad_token_id: int,
+) -> list[list[float]]:
+    """Log-prob of each token of completion ``i`` after ``prompt_ids[i]``, unpadded: a frozen model's scoring of an
+    engine's ragged output, padded and computed as :func:`rollout_logprobs` computes it in the training step.
+
+    Used by a generation thread to score completions under the reference while the trainer trains
+    (``rollout.score_reference``).
+    """
+    device = next(model.parameters()).device
+    p_ids, p_mask = pad_left(prompt_ids, pad_token_id)  # [N, P]
+    c_ids, c_mask = pad_right(completion_ids, pad_token_id)  # [N, L]
+    logprobs = rollout_logprobs(
+        model, p_ids.to(device), p_mask.to(device), c_ids.to(device), c_mask.to(device), temperature, grpo
+    )
+    assert isinstance(logprobs, Tensor)
+    rows = logprobs.float().cpu()  # [N, L]
+    return [rows[i, : len(c)].tolist() for i, c in enumerate(completion_ids)]
 
 
 def packed_completion_logprobs(

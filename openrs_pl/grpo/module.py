@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,13 +46,12 @@ from openrs_pl.data.sources import first_line
 from openrs_pl.export import HF_FILES_KEY, hf_files
 from openrs_pl.grpo.accumulation import deepspeed_engine, is_deepspeed, no_backward_sync, set_accumulation_boundary
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
-from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
+from openrs_pl.grpo.logprobs import rollout_logprobs, score_completions
 from openrs_pl.grpo.loss import GLOBAL_TOKEN_LOSSES, LossOutput, grpo_loss, logprob_gap, loss_mask
 from openrs_pl.grpo.objectives import AdaptiveEntropy, sampler_is_weights, stale_is_weights
-from openrs_pl.grpo.packing import pack_rows
 from openrs_pl.health.monitor import step_allowed
 from openrs_pl.hub import resolve_model
-from openrs_pl.rollout.types import PromptBatch, RolloutBatch
+from openrs_pl.rollout.types import PromptBatch, ReferenceScorer, RolloutBatch
 
 log = logging.getLogger("openrs_pl.grpo")
 
@@ -146,6 +146,15 @@ class GRPOModule(L.LightningModule):
     def reference(self) -> nn.Module | None:
         return self._reference[0] if self._reference else None
 
+    def reference_scorer(self) -> ReferenceScorer | None:
+        """The reference's scoring for a generation thread (:class:`~openrs_pl.rollout.types.ReferenceSource`)."""
+        if self.reference is None:
+            return None
+        return partial(
+            score_completions, self.reference, temperature=self.temperature, grpo=self.grpo,
+            pad_token_id=self.pad_token_id,
+        )  # fmt: skip
+
     def setup(self, stage: str) -> None:
         self.load_models()
         # DeepSpeed ignores Lightning's clip_gradients and clips inside its own step, from its config, which it
@@ -174,32 +183,22 @@ class GRPOModule(L.LightningModule):
 
     @torch.no_grad()
     def _score_logprobs(self, rollout: RolloutBatch) -> RolloutBatch:
-        """Add the frozen reference's log-probs, and the pre-update policy's when there are several passes."""
-        ref = self._logprobs(self.reference, rollout) if self.reference is not None else None
+        """Add the frozen reference's log-probs (unless the generation thread brought them), and the pre-update
+        policy's when there are several passes."""
+        ref = None
+        if self.reference is not None:
+            ref = rollout.ref_logprobs if rollout.ref_logprobs is not None else self._logprobs(self.reference, rollout)
         # With one on-policy pass the old policy *is* the current one: the training forward's detached log-probs
         # serve as old log-probs (ratio 1, sampler IS weights, sampler-gap metric), with no forward of their own.
         old = self._logprobs(self.policy, rollout) if self.grpo.num_iterations > 1 else None
         return replace(rollout, ref_logprobs=ref, old_logprobs=old)
 
     def _logprobs(self, model: nn.Module, rollout: RolloutBatch, return_entropy: bool = False) -> Any:
-        g = self.grpo
-        if g.packing:
-            packed = pack_rows(
-                rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask,
-                g.pack_tokens, g.share_prompts,
-            )  # fmt: skip
-            return packed_completion_logprobs(model, packed, self.temperature, return_entropy)
-        input_ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)  # [N, P+L]
-        attention_mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)  # [N, P+L]
-        return completion_logprobs(
-            model,
-            input_ids,
-            attention_mask,
-            completion_len=rollout.completion_ids.shape[1],
-            temperature=self.temperature,
-            chunk_size=g.logprob_chunk_size,
-            return_entropy=return_entropy,
-        )  # [N, L], or ([N, L], [N, L]) with the entropies
+        r = rollout
+        return rollout_logprobs(
+            model, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask, self.temperature, self.grpo,
+            return_entropy,
+        )  # fmt: skip
 
     def _global_active_tokens(self, rollout: RolloutBatch) -> float | None:
         """Loss tokens of the whole optimizer step across ranks, divided by world size; only dapo needs them."""

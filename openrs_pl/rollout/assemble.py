@@ -69,11 +69,6 @@ def assemble_rollout(
     repeated = [p for p in prompt_ids for _ in range(num_generations)]
     p_ids, p_mask = pad_left(repeated, pad_token_id)  # [N, P]
     c_ids, c_mask = pad_right(generation.completion_ids, pad_token_id)  # [N, L]
-    sampler_logprobs = None
-    if generation.logprobs is not None:
-        sampler_logprobs = torch.zeros(c_ids.shape, dtype=torch.float32)  # [N, L]
-        for i, lp in enumerate(generation.logprobs):
-            sampler_logprobs[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
     return RolloutBatch(
         prompt_ids=p_ids,
         prompt_mask=p_mask,
@@ -83,5 +78,20 @@ def assemble_rollout(
         reward_per_func=reward_per_func.float(),
         advantages=advantages.float(),
         truncated=torch.tensor([not f for f in generation.finished], dtype=torch.bool),
-        sampler_logprobs=sampler_logprobs,
+        sampler_logprobs=pad_logprobs(generation.logprobs, c_ids.shape[1]),
+        ref_logprobs=pad_logprobs(generation.ref_logprobs, c_ids.shape[1]),
     )
+
+
+def pad_logprobs(rows: list[list[float]] | None, width: int) -> Tensor | None:
+    """Per-token log-probs, right-padded with 0 to ``width``: [N, L] float32, or ``None`` for ``None``.
+
+    >>> pad_logprobs([[-0.5], [-1.0, -2.0]], width=3).tolist()
+    [[-0.5, 0.0, 0.0], [-1.0, -2.0, 0.0]]
+    """
+    if rows is None:
+        return None
+    padded = torch.zeros((len(rows), width), dtype=torch.float32)  # [N, L]
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return padded

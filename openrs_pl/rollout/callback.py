@@ -35,7 +35,15 @@ from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.overlap import OverlappedRollouts
 from openrs_pl.rollout.process_engine import ProcessEngine, ProcessEngineConfig
 from openrs_pl.rollout.thread_engine import ThreadEngine
-from openrs_pl.rollout.types import GenerationOutput, PolicySource, PromptBatch, RolloutBatch, SamplingConfig
+from openrs_pl.rollout.types import (
+    GenerationOutput,
+    PolicySource,
+    PromptBatch,
+    ReferenceScorer,
+    ReferenceSource,
+    RolloutBatch,
+    SamplingConfig,
+)
 from openrs_pl.rollout.vllm_config import VLLMConfig
 
 EngineName = Literal["hf", "vllm", "process"]
@@ -49,6 +57,17 @@ def policy_source(pl_module: L.LightningModule) -> PolicySource:
             "(openrs_pl.rollout.types.PolicySource), which RolloutCallback needs"
         )
     return pl_module
+
+
+def reference_scorer(pl_module: L.LightningModule) -> ReferenceScorer:
+    """The module's scoring under its frozen reference (``rollout.score_reference``), or why there is none."""
+    scorer = pl_module.reference_scorer() if isinstance(pl_module, ReferenceSource) else None
+    if scorer is None:
+        raise ValueError(
+            f"rollout.score_reference: {type(pl_module).__name__} has no frozen reference to score with "
+            "(it needs model.grpo.beta > 0)"
+        )
+    return scorer
 
 
 class RolloutCallback(L.Callback):
@@ -88,6 +107,10 @@ class RolloutCallback(L.Callback):
         generation_threads: with ``overlap`` and the hf or vllm engine, the torch threads (CPU cores) of the
             background generation thread; None: as many as the trainer's. (The process engine's is
             ``process.num_threads``.)
+        score_reference: with ``overlap`` and the hf or vllm engine, the generation thread also scores each batch
+            under the frozen reference (the KL term's log-probs, ``model.grpo.beta > 0``) while the trainer trains,
+            so the training step skips its reference forward. Same values (up to float noise; under mixed
+            precision the thread runs outside the trainer's autocast); off in the recipe.
     """
 
     def __init__(
@@ -110,6 +133,7 @@ class RolloutCallback(L.Callback):
         overlap: bool = False,
         max_staleness: int = 1,
         generation_threads: int | None = None,
+        score_reference: bool = False,
     ) -> None:
         super().__init__()
         # Every config error surfaces here, before the (possibly multi-GB) weights are loaded.
@@ -128,6 +152,11 @@ class RolloutCallback(L.Callback):
             raise ValueError(f"rollout.max_staleness must be >= 0, got {max_staleness}")
         if generation_threads is not None and generation_threads < 1:
             raise ValueError(f"rollout.generation_threads must be >= 1, got {generation_threads}")
+        if score_reference and not (overlap and engine in ("hf", "vllm")):
+            raise ValueError(
+                "rollout.score_reference scores in the background generation thread: it needs rollout.overlap with "
+                f"rollout.engine hf or vllm (got overlap={overlap}, engine={engine!r})"
+            )
         if dynamic_sampling_max_draws < 0:
             raise ValueError(f"rollout.dynamic_sampling_max_draws must be >= 0, got {dynamic_sampling_max_draws}")
         self.multi_objective_aggregation = multi_objective_aggregation
@@ -148,6 +177,7 @@ class RolloutCallback(L.Callback):
         self.overlap = overlap
         self.max_staleness = max_staleness
         self.generation_threads = generation_threads
+        self.score_reference = score_reference
         self.overlapped: OverlappedRollouts | None = None
         self.policy_version = 0  # training steps the policy has taken (overlap mode's clock, checkpointed)
         self._restored_prefetch: dict[str, Any] = {}
@@ -162,8 +192,9 @@ class RolloutCallback(L.Callback):
         if self.engine is not None:
             return
         source = policy_source(pl_module)
+        scorer = reference_scorer(pl_module) if self.score_reference else None
         if self.engine_name == "hf" and self.overlap:
-            self.engine = ThreadEngine.for_policy(source, self.hf_batch_size, self.generation_threads)
+            self.engine = ThreadEngine.for_policy(source, self.hf_batch_size, self.generation_threads, scorer)
         elif self.engine_name == "hf":
             self.engine = HFEngine.for_policy(source, batch_size=self.hf_batch_size)
         elif self.engine_name == "process":
@@ -176,7 +207,8 @@ class RolloutCallback(L.Callback):
         else:
             self.engine = self._build_vllm_engine(trainer, source)
             if self.overlap and self.engine is not None:
-                self.engine = ThreadEngine.around(self.engine, self.generation_threads, self.vllm_config.sync_every)
+                threads, sync_every = self.generation_threads, self.vllm_config.sync_every
+                self.engine = ThreadEngine.around(self.engine, threads, sync_every, scorer)
         if self.overlap:
             self._start_overlap()
 

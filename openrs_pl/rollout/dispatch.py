@@ -43,16 +43,7 @@ def split_output(output: GenerationOutput, prompts_per_rank: list[int], n: int) 
     start = 0
     for count in prompts_per_rank:
         stop = start + count * n
-        logprobs = output.logprobs[start:stop] if output.logprobs is not None else None
-        pieces.append(
-            GenerationOutput(
-                output.completion_ids[start:stop],
-                output.finished[start:stop],
-                logprobs,
-                output.weights_version,
-                output.generation_s,
-            )
-        )
+        pieces.append(output.rows(range(start, stop)))
         start = stop
     return pieces
 

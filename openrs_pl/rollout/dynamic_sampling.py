@@ -45,27 +45,17 @@ class ScoredGroups:
         """The groups (prompts) at ``groups``, in that order."""
         g = self.rewards.numel() // max(self.num_groups, 1)
         rows = [i * g + j for i in groups for j in range(g)]
-        gen = self.generation
         return ScoredGroups(
             batch=self.batch.select(groups),
-            generation=GenerationOutput(
-                completion_ids=[gen.completion_ids[r] for r in rows],
-                finished=[gen.finished[r] for r in rows],
-                logprobs=None if gen.logprobs is None else [gen.logprobs[r] for r in rows],
-            ),
+            generation=self.generation.rows(rows),
             rewards=self.rewards[rows],
             per_func=self.per_func[rows],
         )
 
     def __add__(self, other: ScoredGroups) -> ScoredGroups:
-        gen, more = self.generation, other.generation
         return ScoredGroups(
             batch=self.batch + other.batch,
-            generation=GenerationOutput(
-                completion_ids=gen.completion_ids + more.completion_ids,
-                finished=gen.finished + more.finished,
-                logprobs=None if gen.logprobs is None or more.logprobs is None else gen.logprobs + more.logprobs,
-            ),
+            generation=self.generation + other.generation,
             rewards=torch.cat([self.rewards, other.rewards]),
             per_func=torch.cat([self.per_func, other.per_func]),
         )

@@ -14,11 +14,16 @@ Two engines run in the thread, and their pushes differ:
   ``sync_weights`` on the worker, straight from the live policy, and the caller waits for it: no snapshot is held,
   and a push queued behind a request waits for that request (with overlap, the next step's generation, which is
   usually done by the time its step has trained).
+
+With a ``scorer`` (``rollout.score_reference``) the thread also scores each request's completions under the frozen
+reference right after sampling them, so the training step that takes them has no reference pass of its own: one
+forward pass per step moves from the trainer's critical path into the generator's idle time.
 """
 
 from __future__ import annotations
 
 import copy
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import cast
@@ -29,7 +34,7 @@ from transformers import PreTrainedModel
 
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
-from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PolicySource, ReferenceScorer, SamplingConfig
 
 
 class ThreadEngine:
@@ -43,6 +48,8 @@ class ThreadEngine:
         sync_every: without a mirror, push on every ``sync_every``-th :meth:`sync_weights` call (or when ``force``),
             the wrapped engine's own setting: the skipping is decided here and the engine is always forced, so the
             versions count only pushes that reached it.
+        scorer: scores every request's completions under the frozen reference on the worker thread, into
+            :attr:`GenerationOutput.ref_logprobs` (its time counts in ``generation_s``); ``None``: no scoring.
     """
 
     def __init__(
@@ -51,6 +58,7 @@ class ThreadEngine:
         mirror: nn.Module | None = None,
         num_threads: int | None = None,
         sync_every: int = 1,
+        scorer: ReferenceScorer | None = None,
     ):
         if num_threads is not None and num_threads < 1:
             raise ValueError(f"generation threads must be >= 1, got {num_threads}")
@@ -58,6 +66,7 @@ class ThreadEngine:
             raise ValueError(f"sync_every must be >= 1, got {sync_every}")
         self._engine = engine
         self._mirror = mirror
+        self._scorer = scorer
         self._sync_every = sync_every
         self._sync_calls = 0
         # torch._C.set_num_threads: vLLM's CPU worker replaces torch.set_num_threads with a no-op.
@@ -77,23 +86,35 @@ class ThreadEngine:
         pad_token_id: int,
         batch_size: int | None = None,
         num_threads: int | None = None,
+        scorer: ReferenceScorer | None = None,
     ) -> ThreadEngine:
         """An HF engine on a private copy of ``policy`` (its weights now are weights version 0)."""
         mirror = copy.deepcopy(policy).eval().requires_grad_(False)
         engine = HFEngine(cast(PreTrainedModel, mirror), eos_token_id, pad_token_id, batch_size, logprobs=True)
-        return cls(engine, mirror, num_threads)
+        return cls(engine, mirror, num_threads, scorer=scorer)
 
     @classmethod
     def for_policy(
-        cls, source: PolicySource, batch_size: int | None = None, num_threads: int | None = None
+        cls,
+        source: PolicySource,
+        batch_size: int | None = None,
+        num_threads: int | None = None,
+        scorer: ReferenceScorer | None = None,
     ) -> ThreadEngine:
         """:meth:`on_copy` of a trainer's policy, with its tokenizer's EOS and padding ids."""
-        return cls.on_copy(source.policy, source.tokenizer.eos_token_id, source.pad_token_id, batch_size, num_threads)
+        tokenizer = source.tokenizer
+        return cls.on_copy(source.policy, tokenizer.eos_token_id, source.pad_token_id, batch_size, num_threads, scorer)
 
     @classmethod
-    def around(cls, engine: GenerationEngine, num_threads: int | None = None, sync_every: int = 1) -> ThreadEngine:
+    def around(
+        cls,
+        engine: GenerationEngine,
+        num_threads: int | None = None,
+        sync_every: int = 1,
+        scorer: ReferenceScorer | None = None,
+    ) -> ThreadEngine:
         """``engine`` (holding weights of its own, e.g. vLLM's) driven from the background thread."""
-        return cls(engine, None, num_threads, sync_every)
+        return cls(engine, None, num_threads, sync_every, scorer)
 
     @property
     def weights_version(self) -> int:
@@ -154,4 +175,11 @@ class ThreadEngine:
     def _generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
         if self._push_error is not None:
             raise RuntimeError("a weight push into the generation thread failed") from self._push_error
-        return replace(self._engine.generate(prompt_ids, sampling), weights_version=self._applied)
+        output = replace(self._engine.generate(prompt_ids, sampling), weights_version=self._applied)
+        if self._scorer is None:
+            return output
+        began = time.perf_counter()
+        repeated = [p for p in prompt_ids for _ in range(sampling.n)]  # completion i continues prompt i // n
+        ref_logprobs = self._scorer(repeated, output.completion_ids)
+        busy = None if output.generation_s is None else output.generation_s + time.perf_counter() - began
+        return replace(output, ref_logprobs=ref_logprobs, generation_s=busy)

@@ -13,7 +13,7 @@ prompt are consecutive), ``P`` = padded prompt length, ``L`` = padded completion
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -43,6 +43,21 @@ class PolicySource(Protocol):
     @property
     def name_or_path(self) -> str:
         """Where the policy's initial weights come from (a separate engine such as vLLM loads them too)."""
+        ...
+
+
+ReferenceScorer = Callable[[list[list[int]], list[list[int]]], list[list[float]]]
+"""``(prompt_ids, completion_ids) -> log-probs``: the frozen reference's log-prob of each token of completion ``i``
+as a continuation of ``prompt_ids[i]`` (one prompt per completion, no padding), at the sampling temperature."""
+
+
+@runtime_checkable
+class ReferenceSource(Protocol):
+    """A trained module that hands its frozen reference's scoring to the rollout side (``rollout.score_reference``)."""
+
+    def reference_scorer(self) -> ReferenceScorer | None:
+        """Scores completions under the frozen reference exactly as the training step would; ``None`` when the
+        objective has no reference (``beta = 0``). Safe to call from another thread: the reference is never trained."""
         ...
 
 
@@ -83,7 +98,51 @@ class GenerationOutput:
     rollout side turns it into the number of optimizer steps the samples lag behind the policy)."""
     generation_s: float | None = None
     """Wall seconds the engine's sampling of these took, on the engine's side (with overlap it runs while the
-    trainer trains, so it can differ from how long the trainer waited for them); ``None`` if not measured."""
+    trainer trains, so it can differ from how long the trainer waited for them), scoring by the reference included
+    when the engine did that too; ``None`` if not measured."""
+    ref_logprobs: list[list[float]] | None = None
+    """The frozen reference's log-prob of each generated token, when the generation thread scored them
+    (``rollout.score_reference``); the training step then skips its own reference pass."""
+
+    def rows(self, indices: Iterable[int]) -> GenerationOutput:
+        """The completions at ``indices``, in that order, with each of their per-completion fields; the request's
+        ``weights_version`` and ``generation_s`` are kept.
+
+        >>> out = GenerationOutput([[1], [2, 3]], [True, False], [[-0.1], [-0.2, -0.3]], weights_version=2)
+        >>> picked = out.rows([1])
+        >>> picked.completion_ids, picked.finished, picked.logprobs, picked.ref_logprobs, picked.weights_version
+        ([[2, 3]], [False], [[-0.2, -0.3]], None, 2)
+        """
+        picked = list(indices)
+
+        def pick(values: list[Any] | None) -> Any:
+            return None if values is None else [values[i] for i in picked]
+
+        return replace(
+            self,
+            completion_ids=pick(self.completion_ids),
+            finished=pick(self.finished),
+            logprobs=pick(self.logprobs),
+            ref_logprobs=pick(self.ref_logprobs),
+        )
+
+    def __add__(self, other: GenerationOutput) -> GenerationOutput:
+        """Both outputs' completions, ``self``'s first; a per-token field only if both have it; no request fields.
+
+        >>> both = GenerationOutput([[1]], [True], [[-0.1]]) + GenerationOutput([[2]], [False], [[-0.2]])
+        >>> both.completion_ids, both.finished, both.logprobs, both.weights_version
+        ([[1], [2]], [True, False], [[-0.1], [-0.2]], None)
+        """
+
+        def cat(a: list[list[float]] | None, b: list[list[float]] | None) -> list[list[float]] | None:
+            return None if a is None or b is None else a + b
+
+        return GenerationOutput(
+            completion_ids=self.completion_ids + other.completion_ids,
+            finished=self.finished + other.finished,
+            logprobs=cat(self.logprobs, other.logprobs),
+            ref_logprobs=cat(self.ref_logprobs, other.ref_logprobs),
+        )
 
 
 @dataclass(frozen=True)

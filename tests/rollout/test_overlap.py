@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from openrs_pl.data.datamodule import ProblemDataModule
 from openrs_pl.grpo.config import GRPOConfig, OptimConfig
 from openrs_pl.grpo.module import GRPOModule
 from openrs_pl.rewards import RewardSpec
-from openrs_pl.rollout.callback import RolloutCallback
+from openrs_pl.rollout.callback import RolloutCallback, reference_scorer
 from openrs_pl.rollout.engine import AsyncGenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
 from openrs_pl.rollout.overlap import OverlappedRollouts
@@ -170,6 +171,32 @@ def test_thread_engine_around_an_engine_with_its_own_weights_syncs_in_order_on_i
     assert {c[2] for c in inner.calls} == {1}, "the worker thread runs with its own torch thread count"
     assert torch.get_num_threads() == caller_threads, "the caller's thread count is left alone"
     assert inner.closed and not generation_threads()
+
+
+def test_thread_engine_scores_each_request_on_its_thread_after_sampling() -> None:
+    scored: list[tuple[list[list[int]], list[list[int]], str]] = []
+
+    def scorer(prompt_ids: list[list[int]], completion_ids: list[list[int]]) -> list[list[float]]:
+        scored.append((prompt_ids, completion_ids, threading.current_thread().name))
+        time.sleep(0.05)
+        return [[-float(p[0])] * len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+
+    class Timed(SelfWeightedEngine):
+        def generate(self, prompt_ids: list[list[int]], sampling: SamplingConfig) -> GenerationOutput:
+            rows = len(prompt_ids) * sampling.n
+            return GenerationOutput([[7, 8][: 1 + r % 2] for r in range(rows)], [True] * rows, generation_s=0.01)
+
+    engine = ThreadEngine.around(Timed(), scorer=scorer)
+    try:
+        out = engine.generate([[1], [2, 3]], SamplingConfig(n=2))
+    finally:
+        engine.close()
+    # One call per request, on the worker, with completion i paired with its own prompt (i // n).
+    ((prompts, completion_ids, thread),) = scored
+    assert prompts == [[1], [1], [2, 3], [2, 3]] and completion_ids == out.completion_ids
+    assert thread.startswith("openrs-generation")
+    assert out.ref_logprobs == [[-1.0], [-1.0, -1.0], [-2.0], [-2.0, -2.0]]
+    assert out.generation_s is not None and out.generation_s >= 0.06, "the scoring is the generator's busy time too"
 
 
 def test_thread_engine_around_counts_only_the_pushes_that_reach_the_engine() -> None:
@@ -325,23 +352,25 @@ def problems(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def fit(
     model_dir: Path, problems: Path, root: Path, steps: int, *, overlap: bool = True, max_staleness: int = 1,
-    fail_at: int | None = None, ckpt_path: str | None = None,
+    fail_at: int | None = None, ckpt_path: str | None = None, score_reference: bool = False,
+    packing: bool = False, extra: tuple[L.Callback, ...] = (),
 ) -> tuple[Recorder, RolloutCallback, GRPOModule]:  # fmt: skip
     module = GRPOModule(
-        str(model_dir), grpo=GRPOConfig(micro_batch_size=12), optim=OptimConfig(lr=1e-3, warmup_ratio=0.0),
+        str(model_dir), grpo=GRPOConfig(micro_batch_size=12, packing=packing),
+        optim=OptimConfig(lr=1e-3, warmup_ratio=0.0),
         temperature=0.7, max_completion_length=MAX_TOKENS, torch_dtype="float32",
     )  # fmt: skip
     data = ProblemDataModule(str(problems), tokenizer=str(model_dir), prompts_per_step=2, lookahead=overlap)
     rewards = [RewardSpec("format"), RewardSpec("cosine", kwargs={"max_len": MAX_TOKENS, "gold_field": "answer"})]
     rollout = RolloutCallback(
         rewards, num_generations=G, max_completion_length=MAX_TOKENS, seed=SEED, overlap=overlap,
-        max_staleness=max_staleness,
+        max_staleness=max_staleness, score_reference=score_reference,
     )  # fmt: skip
     recorder = Recorder(fail_at)
     checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, every_n_train_steps=1, save_top_k=-1)
     trainer = L.Trainer(
         accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[rollout, recorder, checkpoints], default_root_dir=root,
+        callbacks=[rollout, recorder, checkpoints, *extra], default_root_dir=root,
     )  # fmt: skip
     trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=False)
     return recorder, rollout, module
@@ -383,6 +412,45 @@ def test_each_step_trains_on_completions_sampled_by_the_previous_steps_weights(
         used.sampler_logprobs[used.completion_mask.bool()],  # type: ignore[index]
     )
     assert not generation_threads(), "teardown stopped the generation thread"
+
+
+class ReferenceCalls(L.Callback):
+    """Records the thread of every forward pass of the module's frozen reference."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        pl_module.reference.register_forward_hook(lambda *_: self.threads.append(threading.current_thread().name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_the_generation_thread_scores_the_reference_and_the_step_skips_its_pass(
+    tiny_model_dir: Path, problems: Path, tmp_path: Path, packing: bool
+) -> None:
+    calls, scored_calls = ReferenceCalls(), ReferenceCalls()
+    plain, _, plain_module = fit(tiny_model_dir, problems, tmp_path / "plain", 3, packing=packing, extra=(calls,))
+    scored, _, module = fit(
+        tiny_model_dir, problems, tmp_path / "scored", 3, score_reference=True, packing=packing, extra=(scored_calls,)
+    )
+    # Without the option the training step scores the reference; with it only the generation thread does.
+    assert calls.threads and set(calls.threads) == {"MainThread"}
+    assert len(scored_calls.threads) >= 3 and all(t.startswith("openrs-generation") for t in scored_calls.threads)
+    reference = plain_module.reference
+    assert reference is not None
+    for a, b in zip(plain.rollouts, scored.rollouts, strict=True):
+        assert completions(a) == completions(b)  # same seeds, same weights: the same samples
+        assert a.ref_logprobs is None and b.ref_logprobs is not None
+        # What the thread attached is what the training step's own pass gives for these rows.
+        with torch.no_grad():
+            expected = plain_module._logprobs(reference, b)  # [N, L]
+        mask = b.completion_mask.bool()
+        assert expected[mask].abs().min() > 0
+        torch.testing.assert_close(b.ref_logprobs[mask], expected[mask], atol=1e-5, rtol=0)
+    # The KL term used those values: both runs end with the same weights.
+    for name, value in plain_module.policy.state_dict().items():
+        torch.testing.assert_close(module.policy.state_dict()[name], value, atol=1e-6, rtol=0, msg=name)
 
 
 @pytest.mark.slow
@@ -432,6 +500,25 @@ def test_cli_overlap_reaches_the_callback_and_the_datamodule(tiny_model_dir: Pat
         init = cli.parser.instantiate_classes(cli.config)
         assert init.rollout.overlap is expected and init.data.lookahead is expected
         assert init.rollout.max_staleness == (2 if expected else 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"overlap": False}, "needs rollout.overlap with rollout.engine hf or vllm \\(got overlap=False"),
+        ({"overlap": True, "engine": "process"}, "got overlap=True, engine='process'"),
+    ],
+)
+def test_score_reference_outside_a_generation_thread_is_refused(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RolloutCallback([RewardSpec("format")], score_reference=True, **options)
+
+
+def test_score_reference_without_a_reference_model_says_so(tiny_model_dir: Path) -> None:
+    module = GRPOModule(str(tiny_model_dir), grpo=GRPOConfig(beta=0.0))
+    module.load_models()
+    with pytest.raises(ValueError, match="GRPOModule has no frozen reference to score with .*beta > 0"):
+        reference_scorer(module)
 
 
 @pytest.mark.parametrize(
