@@ -7,6 +7,7 @@ second ``[B, L, V]`` tensor. The loss itself (:mod:`openrs_pl.grpo.loss`) only s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -170,6 +171,10 @@ def rollout_logprobs(
     )  # [N, L], or ([N, L], [N, L]) with the entropies
 
 
+SCORING_PACK_TOKENS = 512
+"""Token budget of one packed pass of :func:`score_completions` (a 150k-token vocabulary: ~300 MB of logits)."""
+
+
 @torch.no_grad()
 def score_completions(
     model: nn.Module,
@@ -183,8 +188,10 @@ def score_completions(
     engine's ragged output, padded and computed as :func:`rollout_logprobs` computes it in the training step.
 
     Used by a generation thread to score completions under the reference while the trainer trains
-    (``rollout.score_reference``).
+    (``rollout.score_reference``). Packed, it packs at most :data:`SCORING_PACK_TOKENS` tokens per pass: its transient
+    ``[tokens, V]`` logits then add little to the trainer's own peak memory, which they run beside.
     """
+    grpo = replace(grpo, pack_tokens=min(grpo.pack_tokens, SCORING_PACK_TOKENS))
     device = next(model.parameters()).device
     p_ids, p_mask = pad_left(prompt_ids, pad_token_id)  # [N, P]
     c_ids, c_mask = pad_right(completion_ids, pad_token_id)  # [N, L]

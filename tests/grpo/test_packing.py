@@ -8,7 +8,13 @@ import torch
 from torch import Tensor
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from openrs_pl.grpo.logprobs import completion_logprobs, packed_completion_logprobs
+from openrs_pl.grpo.config import GRPOConfig
+from openrs_pl.grpo.logprobs import (
+    SCORING_PACK_TOKENS,
+    completion_logprobs,
+    packed_completion_logprobs,
+    score_completions,
+)
 from openrs_pl.grpo.packing import PackedBatch, pack_rows
 
 PAD = 0
@@ -153,3 +159,20 @@ def test_config_options_are_checked() -> None:
     with pytest.raises(ValueError, match="pack_tokens must be >= 1"):
         GRPOConfig(packing=True, pack_tokens=0)
     assert GRPOConfig(packing=True, share_prompts=True).pack_tokens == 4096
+
+
+def test_scoring_for_a_generation_thread_packs_within_its_budget_and_equals_the_padded_pass(tiny_model_dir) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    lengths: list[int] = []
+    model.register_forward_pre_hook(
+        lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    prompts = [[5 + i] * 100 for i in range(4) for _ in range(2)]  # 4 prompts x 2 completions, ~1,300 tokens in all
+    completions = [[7 + i] * (60 + 3 * i) for i in range(8)]
+    packed = score_completions(model, prompts, completions, 0.7, GRPOConfig(packing=True), pad_token_id=0)
+    assert len(lengths) >= 3 and max(lengths) <= SCORING_PACK_TOKENS  # the config's 4096 is capped
+    padded = score_completions(model, prompts, completions, 0.7, GRPOConfig(packing=False), pad_token_id=0)
+    assert [len(row) for row in packed] == [len(c) for c in completions]
+    torch.testing.assert_close(torch.tensor(sum(packed, [])), torch.tensor(sum(padded, [])), atol=1e-5, rtol=0)
