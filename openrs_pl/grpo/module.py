@@ -339,7 +339,7 @@ class GRPOModule(L.LightningModule):
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         o = self.optim
         optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay
+            self.policy.parameters(), lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, fused=o.fused
         )
         total = self._total_optimizer_steps()
         scheduler = get_cosine_with_min_lr_schedule_with_warmup(

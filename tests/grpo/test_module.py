@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -268,3 +269,33 @@ def test_adaptive_entropy_state_survives_a_checkpoint(tiny_model_dir: Path) -> N
     resumed.on_load_checkpoint(checkpoint)
     assert resumed.entropy_control.coef == pytest.approx(0.105) and resumed.entropy_control.last_entropy == 1.5
     assert resumed.entropy_control.applied_coef() == pytest.approx(0.105)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_optimizer_steps_as_torchs_per_parameter_adamw(tiny_model_dir: Path, monkeypatch, fused: bool) -> None:
+    """``optim.fused`` picks torch's fused kernel; either way three steps equal a plain per-parameter AdamW's."""
+    module = make_module(tiny_model_dir, lr=1e-2)
+    module.optim = replace(module.optim, fused=fused, weight_decay=0.1)
+    monkeypatch.setattr(module, "_total_optimizer_steps", lambda: 100)
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is fused
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in params]
+    expected = [p.detach().clone().requires_grad_() for p in params]
+    o = module.optim
+    reference = torch.optim.AdamW(
+        expected, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay, foreach=False, fused=False
+    )
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        for p, q in zip(params, expected, strict=True):
+            p.grad = torch.randn(p.shape, generator=generator)
+            q.grad = p.grad.clone()
+        optimizer.step()
+        reference.step()
+
+    def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return max((x.detach() - y.detach()).abs().max().item() for x, y in zip(a, b, strict=True))
+
+    assert max_diff(params, start) > 1e-3  # three steps of lr 1e-2 moved every tensor's largest entry
+    assert max_diff(params, expected) < 1e-6
