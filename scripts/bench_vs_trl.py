@@ -484,9 +484,9 @@ def run_ours(
                 "micro_batch_size": settings.completions_per_step,
                 "loss_type": settings.loss_type,
                 "beta": settings.beta,
-                # Used when a setting packs: one GRPO group (a prompt + its G completions) per packed row at most.
-                # sdpa on CPU computes a row's attention densely under its block mask, so rows holding several
-                # groups spend time on blocks that are masked out (GRPOConfig.pack_tokens).
+                # Used when a setting packs: rows of one longest GRPO group (a prompt + G completions at the limit),
+                # so two groups share a row only when both are short. sdpa on CPU computes a row's attention densely
+                # under its block mask: a row of several groups spends time on masked blocks (GRPOConfig.pack_tokens).
                 "pack_tokens": settings.max_prompt_len + settings.num_generations * settings.max_completion_length,
             },
             "optim": {"lr": settings.lr},
