@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from openrs_pl.rollout.types import GenerationOutput, RolloutBatch
+from openrs_pl.rollout.types import GenerationOutput, RolloutBatch, per_completion
 
 
 def pad_left(seqs: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -66,8 +66,7 @@ def assemble_rollout(
     n = len(prompt_ids) * num_generations
     if len(generation.completion_ids) != n:
         raise ValueError(f"engine returned {len(generation.completion_ids)} completions, expected {n}")
-    repeated = [p for p in prompt_ids for _ in range(num_generations)]
-    p_ids, p_mask = pad_left(repeated, pad_token_id)  # [N, P]
+    p_ids, p_mask = pad_left(per_completion(prompt_ids, num_generations), pad_token_id)  # [N, P]
     c_ids, c_mask = pad_right(generation.completion_ids, pad_token_id)  # [N, L]
     return RolloutBatch(
         prompt_ids=p_ids,

@@ -43,6 +43,7 @@ from openrs_pl.rollout.types import (
     ReferenceSource,
     RolloutBatch,
     SamplingConfig,
+    per_completion,
 )
 from openrs_pl.rollout.vllm_config import VLLMConfig
 
@@ -365,9 +366,8 @@ class RolloutCallback(L.Callback):
         self, source: PolicySource, batch: PromptBatch, generation: GenerationOutput
     ) -> tuple[ScoredGroups, dict[str, float]]:
         """Score one prompt batch's completions; the stats describe the sampled (unfiltered) batch."""
-        g = self.num_generations
         texts = source.tokenizer.batch_decode(generation.completion_ids, skip_special_tokens=True)
-        columns = {k: [v for v in values for _ in range(g)] for k, values in batch.columns.items()}  # per completion
+        columns = {k: per_completion(values, self.num_generations) for k, values in batch.columns.items()}
         prompts = columns.pop("prompt", [""] * len(texts))
         result = self.reward_set(texts, prompts, columns, completion_ids=generation.completion_ids)
         scored = ScoredGroups(batch, generation, result.total, result.per_func)

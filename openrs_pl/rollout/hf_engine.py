@@ -25,7 +25,7 @@ from transformers.generation.logits_process import (
 )
 
 from openrs_pl.rollout.assemble import pad_left
-from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PolicySource, SamplingConfig, per_completion
 
 
 class HFEngine:
@@ -105,8 +105,8 @@ class HFEngine:
     ) -> tuple[list[list[int]], list[list[float]]]:
         """Completions (cut after EOS) and their tokens' sampling log-probs (empty lists for greedy requests)."""
         device = next(self.model.parameters()).device
-        repeated = [p for p in prompts for _ in range(sampling.n)]  # the n samples of a prompt consecutive
-        input_ids, attention_mask = pad_left(repeated, self.pad_token_id)  # [B*n, P]: last prompt token at P-1
+        # [B*n, P], the n samples of a prompt consecutive; the last prompt token at P-1
+        input_ids, attention_mask = pad_left(per_completion(prompts, sampling.n), self.pad_token_id)
         width = input_ids.shape[1]
         sampler = SeededSampler(sampling, generator) if sampling.temperature > 0 else None
         # generate() decodes greedily on what the sampler returns: the drawn token is the only one left.

@@ -34,7 +34,7 @@ from transformers import PreTrainedModel
 
 from openrs_pl.rollout.engine import GenerationEngine
 from openrs_pl.rollout.hf_engine import HFEngine
-from openrs_pl.rollout.types import GenerationOutput, PolicySource, ReferenceScorer, SamplingConfig
+from openrs_pl.rollout.types import GenerationOutput, PolicySource, ReferenceScorer, SamplingConfig, per_completion
 
 
 class ThreadEngine:
@@ -179,7 +179,6 @@ class ThreadEngine:
         if self._scorer is None:
             return output
         began = time.perf_counter()
-        repeated = [p for p in prompt_ids for _ in range(sampling.n)]  # completion i continues prompt i // n
-        ref_logprobs = self._scorer(repeated, output.completion_ids)
+        ref_logprobs = self._scorer(per_completion(prompt_ids, sampling.n), output.completion_ids)
         busy = None if output.generation_s is None else output.generation_s + time.perf_counter() - began
         return replace(output, ref_logprobs=ref_logprobs, generation_s=busy)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -44,6 +44,19 @@ class PolicySource(Protocol):
     def name_or_path(self) -> str:
         """Where the policy's initial weights come from (a separate engine such as vLLM loads them too)."""
         ...
+
+
+T = TypeVar("T")
+
+
+def per_completion(per_prompt: Sequence[T], n: int) -> list[T]:
+    """One entry per completion from one per prompt: each repeated ``n`` times, consecutively, as the ``n``
+    completions of a prompt sit in a batch (completion ``i`` belongs to prompt ``i // n``).
+
+    >>> per_completion(["a", "b"], 3)
+    ['a', 'a', 'a', 'b', 'b', 'b']
+    """
+    return [value for value in per_prompt for _ in range(n)]
 
 
 ReferenceScorer = Callable[[list[list[int]], list[list[int]]], list[list[float]]]
